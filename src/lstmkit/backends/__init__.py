@@ -1,0 +1,32 @@
+"""Backends: one recurrence function each, all with the signature of
+:func:`lstmkit.backends.torch_loop.recurrence` (one layer, one direction, over precomputed
+input projections). :func:`select` picks one for a device and a variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..variant import Variant
+from . import torch_loop
+
+Recurrence = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+# name -> recurrence. Fast backends register here; "torch" supports everything, everywhere.
+BACKENDS: dict[str, Recurrence] = {"torch": torch_loop.recurrence}
+BACKEND_NAMES = ("auto", *BACKENDS)
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, got {name!r}")
+    return name
+
+
+def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
+    """The recurrence for backend ``name`` ("auto" chooses by device and variant)."""
+    if name == "auto":
+        return BACKENDS["torch"]
+    return BACKENDS[name]

@@ -1,0 +1,125 @@
+"""The generic PyTorch backend against the float64 reference, for every option and combination."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lstmkit
+from lstmkit.variant import ACTIVATION_DEFAULTS
+from tests.helpers import TOLERANCE, assert_close, reference_lstm
+
+ACTIVATION_NAMES = sorted(ACTIVATION_DEFAULTS)
+
+
+def check_against_reference(module, x, lengths=None, dtype=torch.float64, hx=True):
+    """Run ``module`` (time-major) and the reference; compare outputs, states and every gradient."""
+    directions = 2 if module.bidirectional else 1
+    layers, batch = module.num_layers * directions, x.shape[1]
+    x = x.to(dtype).requires_grad_()
+    h0 = (0.5 * torch.randn(layers, batch, module.proj_size or module.hidden_size, dtype=dtype)).requires_grad_()
+    c0 = (0.5 * torch.randn(layers, batch, module.hidden_size, dtype=dtype)).requires_grad_()
+    out, (h_n, c_n) = module(x, (h0, c0), lengths=lengths)
+    g_out, g_h, g_c = (torch.randn_like(t) for t in (out, h_n, c_n))
+    if lengths is not None:  # outputs past a length are constant zeros; give them no weight
+        g_out = g_out * (torch.arange(x.shape[0])[:, None] < torch.as_tensor(lengths))[..., None]
+    ((out * g_out).sum() + (h_n * g_h).sum() + (c_n * g_c).sum()).backward()
+
+    ref_out, ref_h, ref_c, ref_grads = reference_lstm(module, x, h0, c0, lengths, g_out, g_h, g_c)
+    tol = TOLERANCE[dtype]
+    assert_close(out, ref_out, tol["forward"], "output")
+    assert_close(h_n, ref_h, tol["forward"], "h_n")
+    assert_close(c_n, ref_c, tol["forward"], "c_n")
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    grads.update(input=x.grad, h_0=h0.grad, c_0=c0.grad)
+    assert grads.keys() == ref_grads.keys()
+    for name, expected in ref_grads.items():
+        # A parameter no gate reads (peepholes with gates="") gets no gradient at all, as in PyTorch.
+        actual = torch.zeros_like(expected) if grads[name] is None and not expected.any() else grads[name]
+        assert_close(actual, expected, tol["grad"], f"grad {name}")
+
+
+def make(dtype=torch.float64, **kwargs):
+    return lstmkit.LSTM(3, 5, dtype=dtype, backend="torch", **kwargs)
+
+
+@pytest.mark.parametrize("peephole", [None, "diagonal", "full"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_each_peephole(peephole, dtype):
+    module = make(dtype, peephole=peephole)
+    check_against_reference(module, torch.randn(7, 3, 3), dtype=dtype)
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_each_activation_in_each_position(name, position):
+    activations = ["sigmoid", "tanh", "tanh"]
+    activations[position] = name
+    check_against_reference(make(activations=activations), torch.randn(6, 3, 3))
+
+
+@pytest.mark.parametrize("gates", ["ifo", "if", "io", "fo", "i", "f", "o", ""])
+def test_each_gate_subset(gates):
+    check_against_reference(make(gates=gates, peephole="diagonal"), torch.randn(6, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"coupled_gates": True},
+        {"coupled_gates": True, "peephole": "full"},
+        {"clip": 0.3},
+        {"cell_clip": 0.2},
+        {"clip": 0.5, "cell_clip": 0.3, "peephole": "diagonal"},
+        {"proj_size": 2, "peephole": "diagonal"},
+        {"bias": False, "peephole": "full"},
+        {"activations": [("hard_sigmoid", 0.3, 0.4), ("scaled_tanh", 1.5, 0.7), ("affine", 0.8, 0.1)]},
+        {"activations": [("leaky_relu", 0.2), ("elu", 0.5), ("thresholded_relu", 0.1)]},
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_options(options, dtype):
+    check_against_reference(make(dtype, **options), torch.randn(6, 3, 3), dtype=dtype)
+
+
+def test_clip_actually_clips():
+    module = make(clip=0.3)
+    z = torch.nn.functional.linear(torch.randn(6, 3, 3, dtype=torch.float64), module.weight_ih_l0)
+    assert (z.abs() > 0.3).any()  # so the comparison above exercises the clamp
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lengths_bidirectional_multilayer_projection(dtype):
+    module = make(dtype, num_layers=2, bidirectional=True, proj_size=2, peephole="diagonal", cell_clip=1.0)
+    check_against_reference(module, torch.randn(6, 4, 3), lengths=[6, 0, 3, 1], dtype=dtype)
+
+
+@pytest.mark.parametrize("steps", [1, 200])
+@pytest.mark.parametrize("peephole", [None, "diagonal", "full"])
+def test_float32_long_sequences(steps, peephole):
+    check_against_reference(make(torch.float32, peephole=peephole), torch.randn(steps, 2, 3), dtype=torch.float32)
+
+
+@given(
+    peephole=st.sampled_from([None, "diagonal", "full"]),
+    activations=st.tuples(*[st.sampled_from(ACTIVATION_NAMES)] * 3),
+    coupled=st.booleans(),
+    gates=st.sampled_from(["ifo", "if", "io", "fo", "o", ""]),
+    clip=st.sampled_from([None, 0.5, 2.0]),
+    cell_clip=st.sampled_from([None, 0.5, 3.0]),
+    proj=st.booleans(),
+    num_layers=st.integers(1, 2),
+    bidirectional=st.booleans(),
+    with_lengths=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_combinations(peephole, activations, coupled, gates, clip, cell_clip, proj, num_layers,
+                             bidirectional, with_lengths, seed):
+    torch.manual_seed(seed)
+    if coupled and not {"i", "f"} <= set(gates):
+        gates = "ifo"
+    module = make(peephole=peephole, activations=activations, coupled_gates=coupled, gates=gates, clip=clip,
+                  cell_clip=cell_clip, proj_size=2 if proj else 0, num_layers=num_layers,
+                  bidirectional=bidirectional)
+    lengths = torch.randint(0, 6, (3,)).tolist() if with_lengths else None
+    check_against_reference(module, torch.randn(5, 3, 3), lengths=lengths)
