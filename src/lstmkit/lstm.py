@@ -175,6 +175,25 @@ class LSTM(LSTMBase):
         module.load_state_dict(self.state_dict())
         return module
 
+    def to_torch(self) -> nn.LSTM:
+        """The equivalent torch.nn.LSTM (vanilla variant only)."""
+        self._check_torch_compatible("torch.nn.LSTM")
+        p = next(self.parameters())
+        module = nn.LSTM(
+            self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
+            self.bidirectional, self.proj_size, device=p.device, dtype=p.dtype,
+        )
+        module.load_state_dict(self.state_dict())
+        return module
+
+    @classmethod
+    def from_onnx_node(cls, node, initializers, **options):
+        """The lstmkit module for one ONNX LSTM node: see :func:`lstmkit.onnx.from_onnx_node`
+        (needs ``pip install "lstmkit[onnx]"``). direction="reverse" gives a ReverseLSTM."""
+        from .onnx import from_onnx_node
+
+        return from_onnx_node(node, initializers, **options)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
@@ -185,26 +204,8 @@ class LSTM(LSTMBase):
         return s + (", " + options if options else "")
 
     def forward(self, input, hx=None, *, lengths=None):
-        weight = self.weight_ih_l0
+        x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths)
         packed = isinstance(input, PackedSequence)
-        if packed:
-            if lengths is not None:
-                raise ValueError("lengths: a PackedSequence carries its own lengths; pass lengths only with a padded tensor")
-            check_floating("input", input.data, weight.dtype, weight.device)
-            x, lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's batch order
-            unbatched = False
-        else:
-            check_floating("input", input, weight.dtype, weight.device)
-            if input.dim() not in (2, 3):
-                raise ValueError(f"input must be 2-D (L, I) unbatched or 3-D batched, got shape {tuple(input.shape)}")
-            unbatched = input.dim() == 2
-            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected {self.input_size} features (input_size), got {x.shape[-1]}")
-        steps, batch = x.shape[0], x.shape[1]
-        lengths = self._check_lengths(lengths, steps, batch, x.device)
-        h0, c0 = self._initial_state(hx, batch, unbatched, x)
-
         output, h_n, c_n = self._run_layers(x, h0, c0, lengths)
 
         if packed:  # back to the caller's PackedSequence layout (batch_sizes, sorted order)
@@ -219,6 +220,29 @@ class LSTM(LSTMBase):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
+
+    def _prepare(self, input, hx, lengths):
+        """Check the inputs; return time-major x (T, B, I), h0, c0 (D*num_layers, B, .),
+        lengths (B,) or None, and whether the input was unbatched."""
+        weight = self.weight_ih_l0
+        unbatched = False
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence carries its own lengths; pass lengths only with a padded tensor")
+            check_floating("input", input.data, weight.dtype, weight.device)
+            x, lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's batch order
+        else:
+            check_floating("input", input, weight.dtype, weight.device)
+            if input.dim() not in (2, 3):
+                raise ValueError(f"input must be 2-D (L, I) unbatched or 3-D batched, got shape {tuple(input.shape)}")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected {self.input_size} features (input_size), got {x.shape[-1]}")
+        steps, batch = x.shape[0], x.shape[1]
+        lengths = self._check_lengths(lengths, steps, batch, x.device)
+        h0, c0 = self._initial_state(hx, batch, unbatched, x)
+        return x, h0, c0, lengths, unbatched
 
     def _check_lengths(self, lengths, steps: int, batch: int, device: torch.device) -> torch.Tensor | None:
         if lengths is None:

@@ -18,6 +18,7 @@ def cell_step(
     c_prev: torch.Tensor,
     variant: Variant,
     peephole_weight: torch.Tensor | None,
+    record: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the cell, from the gate inputs to (a, c^t) in the lecture's notation.
 
@@ -26,6 +27,8 @@ def cell_step(
         c_prev: (B, H) the cell c^{t-1}.
         variant: what to compute.
         peephole_weight: (3, H) for diagonal, (4H, H) for full peepholes, else None.
+        record: if a dict, the gate values f(z_i), forget, f(z_o) are stored in it under
+            "input_gate", "forget_gate", "output_gate" (1 for a dropped gate), each (B, H).
 
     Returns:
         a: (B, H) h(c^t) * f(z_o), before any projection.
@@ -53,12 +56,17 @@ def cell_step(
         c = torch.clamp(c, -variant.cell_clip, variant.cell_clip)
 
     a = h(c)
+    output_gate = None
     if variant.has_gate("o"):
         if variant.peephole == "diagonal":
             z_o = z_o + peephole_weight[2] * c  # the output gate peeks at the new cell
         if clip is not None:
             z_o = torch.clamp(z_o, -clip, clip)
-        a = a * f(z_o)
+        output_gate = f(z_o)
+        a = a * output_gate
+    if record is not None:
+        gates = {"input_gate": input_gate, "forget_gate": forget_gate, "output_gate": output_gate}
+        record.update({k: torch.ones_like(c) if v is None else v for k, v in gates.items()})
     return a, c
 
 
