@@ -175,25 +175,6 @@ class LSTM(LSTMBase):
         module.load_state_dict(self.state_dict())
         return module
 
-    def to_torch(self) -> nn.LSTM:
-        """The equivalent torch.nn.LSTM (vanilla variant only)."""
-        self._check_torch_compatible("torch.nn.LSTM")
-        p = next(self.parameters())
-        module = nn.LSTM(
-            self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
-            self.bidirectional, self.proj_size, device=p.device, dtype=p.dtype,
-        )
-        module.load_state_dict(self.state_dict())
-        return module
-
-    @classmethod
-    def from_onnx_node(cls, node, initializers, **options):
-        """The lstmkit module for one ONNX LSTM node: see :func:`lstmkit.onnx.from_onnx_node`
-        (needs ``pip install "lstmkit[onnx]"``). direction="reverse" gives a ReverseLSTM."""
-        from .onnx import from_onnx_node
-
-        return from_onnx_node(node, initializers, **options)
-
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
