@@ -10,12 +10,12 @@ from collections.abc import Callable
 import torch
 
 from ..variant import Variant
-from . import torch_loop
+from . import cpu, torch_loop
 
 Recurrence = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 # name -> recurrence. Fast backends register here; "torch" supports everything, everywhere.
-BACKENDS: dict[str, Recurrence] = {"torch": torch_loop.recurrence}
+BACKENDS: dict[str, Recurrence] = {"torch": torch_loop.recurrence, "cpu": cpu.recurrence}
 BACKEND_NAMES = ("auto", *BACKENDS)
 
 
@@ -28,5 +28,6 @@ def check_backend(name: str) -> str:
 def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
     """The recurrence for backend ``name`` ("auto" chooses by device and variant)."""
     if name == "auto":
-        return BACKENDS["torch"]
+        # The fused CPU kernel covers every variant; it is built at first use (needs a compiler).
+        return BACKENDS["cpu" if device.type == "cpu" and cpu.available() else "torch"]
     return BACKENDS[name]

@@ -1,0 +1,106 @@
+"""The fused CPU backend: the whole time loop, forward and backward, in one C++ kernel.
+
+Per step the kernel does one recurrent matrix product (the platform BLAS that torch uses, or a
+register-blocked GEMV for batches of at most 4) and one fused element-wise pass over the gates
+(ATen's vectorised exp and tanh). Backward through time is hand-written (the same equations as
+:mod:`lstmkit.reference`); the weight gradients are one GEMM each over all steps. Float32 and
+float64, every option of :class:`~lstmkit.variant.Variant`, ``lengths`` and projections.
+
+The kernel is compiled at first use (:mod:`.cpu_build`); without a compiler this backend warns
+once and runs :func:`lstmkit.backends.torch_loop.recurrence` instead. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..variant import Variant
+from . import cpu_build, torch_loop
+
+# Activation codes of the kernel (csrc/lstm_cpu.cpp: activate), by ONNX name.
+ACTIVATION_CODES = {
+    "sigmoid": 0, "tanh": 1, "identity": 2, "relu": 3, "hard_sigmoid": 4, "leaky_relu": 5,
+    "thresholded_relu": 6, "scaled_tanh": 7, "affine": 8, "elu": 9, "softsign": 10, "softplus": 11,
+}
+PEEPHOLE_CODES = {None: 0, "diagonal": 1, "full": 2}
+DTYPES = (torch.float32, torch.float64)
+
+
+def available() -> bool:
+    """True when the kernel is built (building it now if needed)."""
+    return cpu_build.load() is not None
+
+
+@lru_cache(maxsize=None)
+def _codes(variant: Variant) -> tuple[list[int], list[float]]:
+    """The variant as the kernel's (flags, params) lists (csrc/lstm_cpu.cpp: Opts)."""
+    flags = [ACTIVATION_CODES[a.name] for a in variant.activations]
+    flags += [variant.has_gate("i"), variant.has_gate("f"), variant.has_gate("o"), variant.coupled_gates,
+              PEEPHOLE_CODES[variant.peephole]]
+    params = [float(v or 0.0) for a in variant.activations for v in (a.alpha, a.beta)]
+    params += [variant.clip or 0.0, variant.cell_clip or 0.0]
+    return [int(f) for f in flags], params
+
+
+class FusedRecurrence(torch.autograd.Function):
+    """One layer and direction through the kernel; backward through time by the kernel too.
+
+    The recurrent weights of the kernel are ``w_rec`` = R (4H, P), or [R, Q] (4H, P + H) with
+    full peepholes, so that R h^{t-1} + Q c^{t-1} is one matrix product per step.
+    """
+
+    @staticmethod
+    def forward(ctx, x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
+        flags, params = _codes(variant)
+        empty = x_proj.new_empty(0)
+        full = variant.peephole == "full"
+        w_rec = torch.cat([weight_hh, peephole_weight], 1) if full else weight_hh.contiguous()  # (4H, K)
+        peep = peephole_weight.contiguous() if variant.peephole == "diagonal" else empty  # (3, H)
+        w_hr = empty if weight_hr is None else weight_hr.contiguous()  # (P, H)
+        lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
+        out = cpu_build.load().forward(x_proj.contiguous(), h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr,
+                                       lens, flags, params, reverse, train)
+        if train:  # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection)
+            ctx.save_for_backward(*out[3:], w_rec, peep, w_hr, lens)
+            ctx.setup = (flags, params, reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None)
+        return out[0], out[1], out[2]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_h_n, grad_c_n):
+        zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens = ctx.saved_tensors
+        flags, params, reverse, p, peephole, projected = ctx.setup
+        d_x, d_h0, d_c0, d_rec, d_peep, d_hr = cpu_build.load().backward(
+            grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), zbuf, cbuf, cprev, hbuf, abuf,
+            w_rec, peep, w_hr, lens, flags, params, reverse,
+        )
+        d_peephole = {"full": d_rec[:, p:], "diagonal": d_peep}.get(peephole)
+        return d_x, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None, None, None, None, None
+
+
+def recurrence(
+    x_proj: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    weight_hh: torch.Tensor,
+    variant: Variant,
+    *,
+    peephole_weight: torch.Tensor | None = None,
+    weight_hr: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`lstmkit.backends.torch_loop.recurrence` (same arguments, shapes and results), fused.
+
+    Float32 and float64 CPU tensors run the kernel; anything else (other dtypes or devices, or
+    no kernel because no compiler) runs the generic backend.
+    """
+    if x_proj.device.type != "cpu" or x_proj.dtype not in DTYPES or not available():
+        return torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant, peephole_weight=peephole_weight,
+                                     weight_hr=weight_hr, lengths=lengths, reverse=reverse)
+    differentiable = (x_proj, h0, c0, weight_hh, peephole_weight, weight_hr)
+    train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
+    return FusedRecurrence.apply(*differentiable, lengths, variant, reverse, train)

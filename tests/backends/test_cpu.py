@@ -1,0 +1,124 @@
+"""The fused CPU backend against the float64 reference, for every option and combination.
+
+The generic backend's tests (tests/backends/test_torch_loop.py) run here a second time with
+``backend="cpu"``; the tests below add what they do not reach: batches above the kernel's
+small-batch path, hidden sizes that fill its vector registers, the fallback without a compiler.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lstmkit
+from lstmkit import backends
+from lstmkit.backends import cpu
+from tests.backends import test_torch_loop as generic
+from tests.backends.test_torch_loop import (  # noqa: F401  (collected here, with backend="cpu")
+    check_against_reference,
+    test_each_activation_in_each_position,
+    test_each_gate_subset,
+    test_each_peephole,
+    test_float32_long_sequences,
+    test_lengths_bidirectional_multilayer_projection,
+    test_options,
+    test_random_combinations,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fused_backend():
+    """Point the generic tests' module factory at the fused backend, for this module only."""
+    assert cpu.available(), "the fused CPU kernel did not build (is a C++ compiler installed?)"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generic, "make", lambda dtype=torch.float64, **kw: lstmkit.LSTM(3, 5, dtype=dtype, backend="cpu", **kw))
+        yield
+
+
+def test_auto_selects_the_fused_backend_on_cpu():
+    assert backends.select("auto", torch.device("cpu"), lstmkit.Variant.create(peephole="full")) is cpu.recurrence
+
+
+def test_the_kernel_runs(monkeypatch):
+    """The tests above compare the fused path, not a silent fallback to the generic one."""
+    calls = []
+    monkeypatch.setattr(cpu.torch_loop, "recurrence", lambda *a, **k: calls.append(1))
+    module = lstmkit.LSTM(3, 5, backend="cpu", peephole="diagonal")
+    out, _ = module(torch.randn(4, 2, 3))
+    assert not calls and out.grad_fn is not None and "FusedRecurrence" in type(out.grad_fn).__name__
+
+
+OPTIONS = [
+    {},
+    {"peephole": "diagonal"},
+    {"peephole": "full"},
+    {"coupled_gates": True, "peephole": "diagonal"},
+    {"clip": 0.4, "cell_clip": 0.5, "peephole": "full", "gates": "if"},
+    {"activations": ["hard_sigmoid", "softsign", "softplus"], "proj_size": 7},
+]
+
+
+@pytest.mark.parametrize("batch", [1, 6])  # the own GEMV (batch <= 4) and the BLAS path
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vector_widths_and_blas_path(options, batch, dtype):
+    """H = 19: 4H = 76 fills the kernel's 64-wide register block and leaves a tail."""
+    module = lstmkit.LSTM(11, 19, dtype=dtype, backend="cpu", bidirectional=True, **options)
+    lengths = None if batch == 1 else [9, 0, 4, 9, 1, 7]
+    check_against_reference(module, torch.randn(9, batch, 11), lengths=lengths, dtype=dtype)
+
+
+@pytest.mark.parametrize("options", OPTIONS[:4])
+def test_float32_200_steps_batch_16(options):
+    module = lstmkit.LSTM(8, 24, dtype=torch.float32, backend="cpu", **options)
+    check_against_reference(module, torch.randn(200, 16, 8), dtype=torch.float32)
+
+
+def test_equals_torch_nn_lstm():
+    """SPEC 4: the vanilla cell gives torch.nn.LSTM's outputs and gradients."""
+    torch.manual_seed(0)
+    baseline = torch.nn.LSTM(6, 10, num_layers=2, bidirectional=True, proj_size=4, dtype=torch.float64)
+    module = lstmkit.LSTM.from_torch(baseline, backend="cpu")
+    x = torch.randn(12, 5, 6, dtype=torch.float64)
+    results = []
+    for m in (baseline, module):
+        xg = x.clone().requires_grad_()
+        out, (h, c) = m(xg)
+        (out.sum() + h.square().sum() + c.sum()).backward()
+        results.append([out, h, c, xg.grad, *(p.grad for p in m.parameters())])
+    for expected, actual in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_no_grad_and_other_dtypes_fall_back():
+    module = lstmkit.LSTM(3, 5, backend="cpu", dtype=torch.bfloat16)
+    out, _ = module(torch.randn(4, 2, 3, dtype=torch.bfloat16))  # generic backend, no error
+    assert out.dtype == torch.bfloat16
+    module = lstmkit.LSTM(3, 5, backend="cpu", peephole="full")
+    with torch.no_grad():
+        out, (h, c) = module(torch.randn(4, 2, 3))
+    assert out.grad_fn is None and torch.equal(out[-1], h[0])
+
+
+def test_without_compiler_warns_once_and_falls_back(tmp_path):
+    """No compiler: one RuntimeWarning naming the cause, then the generic backend's results."""
+    script = (
+        "import warnings, torch, lstmkit\n"
+        "warnings.simplefilter('always')\n"
+        "m = lstmkit.LSTM(3, 4, peephole='diagonal')\n"
+        "generic = lstmkit.LSTM(3, 4, peephole='diagonal', backend='torch')\n"
+        "generic.load_state_dict(m.state_dict())\n"
+        "x = torch.randn(5, 2, 3)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    out, _ = m(x)\n"
+        "    m(x)\n"
+        "messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]\n"
+        "assert len(messages) == 1 and 'C++ compiler' in messages[0], messages\n"
+        "assert torch.equal(out, generic(x)[0])\n"
+        "print('fallback ok')\n"
+    )
+    env = dict(os.environ, CXX="no-such-compiler-lstmkit", LSTMKIT_CACHE=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-2000:]
