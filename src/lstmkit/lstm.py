@@ -175,6 +175,14 @@ class LSTM(LSTMBase):
         module.load_state_dict(self.state_dict())
         return module
 
+    @classmethod
+    def from_onnx_node(cls, node, initializers, **options):
+        """The lstmkit module for one ONNX LSTM node: see :func:`lstmkit.onnx.from_onnx_node`
+        (needs ``pip install "lstmkit[onnx]"``). direction="reverse" gives a ReverseLSTM."""
+        from .onnx import from_onnx_node
+
+        return from_onnx_node(node, initializers, **options)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
@@ -185,6 +193,10 @@ class LSTM(LSTMBase):
         return s + (", " + options if options else "")
 
     def forward(self, input, hx=None, *, lengths=None):
+        if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # torch.onnx.export: ONNX LSTM nodes
+            from .onnx.symbolic import export_forward
+
+            return export_forward(self, input, hx, lengths)
         x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths)
         packed = isinstance(input, PackedSequence)
         output, h_n, c_n = self._run_layers(x, h0, c0, lengths)
