@@ -14,6 +14,10 @@ import sys
 # command -> (module, one-line help). New commands add one line here.
 COMMANDS = {
     "demo": ("lstmkit.demo", "the lecture's memory example: hand-wired, then learned"),
+    "train": ("lstmkit.train", "train an LSTM on a task (memory, adding, charlm), with checkpoints and resume"),
+    "eval": ("lstmkit.evaluate", "a trained run's metric on the test split"),
+    "generate": ("lstmkit.generate", "sample text from a trained charlm run"),
+    "bench": ("lstmkit.bench", "time lstmkit on the CPU against torch.nn.LSTM and onnxruntime (ratios)"),
 }
 
 

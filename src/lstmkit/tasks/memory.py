@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import Task, step_generator
 
 # The slide's two sequences: (x1, x2, x3) rows and the memory after each step and y rows.
 SLIDE = {
@@ -60,3 +61,44 @@ def sample(batch: int, length: int, generator: torch.Generator, max_value: int =
     x3 = (torch.rand(length, batch, generator=generator) < p_output).float()
     x = torch.stack([x1, x2, x3], dim=-1)
     return x, targets(x)[1][..., None]
+
+
+class MemoryTask(Task):
+    """``lstmkit train memory``: learn the rule from random sequences of length ``seq_len``.
+
+    The head predicts y / SCALE at every step (mean squared error); the metric ``accuracy`` is
+    the fraction of steps with x3 = 1 whose prediction, rounded to an integer, equals y.
+    """
+
+    name = "memory"
+    metrics = ("accuracy", "mse")
+    maximize = True
+    defaults = {"seq_len": 20, "hidden_size": 64, "batch_size": 128, "steps": 4000, "lr": 0.01,
+                "schedule": "cosine", "eval_every": 100, "threads": 1}
+    SCALE = 10.0
+    EVAL_SEQUENCES = 512
+    input_size, output_size = 3, 1
+
+    def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = step_generator(self.config["seed"], step, self.rank)
+        return sample(batch_size, self.config["seq_len"], generator)  # (T, B, 3), (T, B, 1)
+
+    def eval_batches(self, split: str):
+        generator = step_generator(0, 0, 0, stream=f"memory-{split}")
+        yield sample(self.EVAL_SEQUENCES, self.config["seq_len"], generator)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(output, target / self.SCALE)
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str, device: torch.device) -> dict[str, float]:
+        correct = total = 0
+        squared = 0.0
+        for x, y in self.eval_batches(split):
+            output, _ = model(x.to(device))
+            prediction = output.float().cpu() * self.SCALE  # (T, B, 1)
+            shown = x[..., 2:3] == 1  # steps with x3 = 1
+            correct += int(((prediction.round() == y) & shown).sum())
+            total += int(shown.sum())
+            squared += float(((prediction - y)[shown] ** 2).sum())
+        return {"accuracy": correct / max(total, 1), "mse": squared / max(total, 1)}
