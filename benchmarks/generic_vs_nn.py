@@ -1,6 +1,6 @@
 """Time lstmkit's generic backend against torch.nn.LSTM, side by side in one process.
 
-    python benchmarks/generic_vs_nn.py [--batch 16 --steps 128 --hidden 256 --repeats 7]
+    python benchmarks/generic_vs_nn.py [--batch 16 --steps 128 --hidden 256 --repeats 7 --threads 1]
 
 Prints median forward and forward+backward times and the ratio lstmkit / nn.LSTM (vanilla).
 """
@@ -31,7 +31,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for all models (default 1: with 2 threads on a shared machine "
+                             "OpenMP spinning makes timings swing by 100x)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size = args.hidden
     x = torch.randn(args.steps, args.batch, size)
