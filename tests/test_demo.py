@@ -60,7 +60,8 @@ def test_learning_is_deterministic():
 
 
 @pytest.mark.parametrize("argv, message", [(["--steps", "0"], "--steps must be >= 1"),
-                                           (["--plot", "out.jpg"], "--plot must name a .png file")])
+                                           (["--plot", "out.jpg"], "--plot must name a .png file"),
+                                           (["--plot", "/nonexistent/dir/x.png"], "its folder does not exist")])
 def test_bad_arguments_are_one_line(argv, message):
     done = subprocess.run([sys.executable, "-m", "lstmkit", "demo", *argv], capture_output=True, text=True)
     assert done.returncode == 2

@@ -38,6 +38,16 @@ def test_trace_unbatched_with_initial_state():
     assert torch.allclose(record["output"][0], lstm(x, (h0, c0))[0], atol=1e-6)
 
 
+def test_trace_is_the_eval_mode_computation_and_refuses_packed_input():
+    lstm = lstmkit.LSTM(3, 4, num_layers=2, dropout=0.5)
+    x = torch.randn(5, 2, 3)
+    record = trace(lstm, x)  # lstm is in training mode: its own output would be dropped out
+    assert torch.allclose(record["output"][-1], lstm.eval()(x)[0], atol=1e-6)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3])
+    with pytest.raises(TypeError, match="PackedSequence"):
+        trace(lstm, packed)
+
+
 def test_trace_refuses_bidirectional():
     with pytest.raises(ValueError, match="bidirectional=False"):
         trace(lstmkit.LSTM(3, 4, bidirectional=True), torch.randn(5, 1, 3))

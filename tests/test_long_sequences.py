@@ -15,10 +15,10 @@ SCRIPT = textwrap.dedent(
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     torch.manual_seed(0)
-    steps, mode = int(sys.argv[1]), sys.argv[2]
+    steps, mode, backend = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     result = {}
     if mode == "layer":
-        lstm = lstmkit.LSTM(4, 32)
+        lstm = lstmkit.LSTM(4, 32, backend=backend)
         x = torch.randn(steps, 1, 4)
         start = rss_mb()
         with torch.no_grad():
@@ -47,22 +47,24 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run(steps: int, mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(steps), mode], capture_output=True, text=True,
+def run(steps: int, mode: str, backend: str = "auto") -> dict:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(steps), mode, backend], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_one_call_on_100k_steps_forward_and_backward():
-    result = run(100_000, "layer")
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_one_call_on_100k_steps_forward_and_backward(backend):
+    result = run(100_000, "layer", backend)
     assert result["finite"] and result["nonzero_first_grad"]
     # Without autograd only what the call must hold grows: the input projections (T, 1, 4H) =
     # 51 MB, the per-step outputs and their stacked copy (T, 1, H) = 2 x 12.8 MB, and a tensor
-    # header per step (under 1 KB): under 3 KB per step, 300 MB here.
+    # header per step with the generic backend (under 1 KB): under 3 KB per step, 300 MB here.
     assert result["no_grad_mb"] < 300, result
-    # With autograd, what the graph keeps per step (a few (1, 4H) tensors and their nodes):
+    # With autograd, what backward needs per step (the generic backend: a few (1, 4H) tensors and
+    # their autograd nodes; the fused one: its gate buffers):
     # bounded per step, so 100k steps fit in memory.
     assert result["grad_mb"] * 1024 / 100_000 < 40, result
 

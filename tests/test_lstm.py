@@ -126,6 +126,36 @@ def test_from_torch_to_torch_round_trip():
         assert torch.equal(back.state_dict()[key], value)
 
 
+def test_conversions_keep_the_training_mode():
+    reference = nn.LSTM(3, 4, num_layers=2, dropout=0.5).eval()
+    ours = lstmkit.LSTM.from_torch(reference)
+    assert not ours.training and not ours.to_torch().training
+    assert lstmkit.LSTM(3, 4).to_torch().training
+    with pytest.raises(ValueError, match="forget_bias"):
+        lstmkit.LSTM.from_torch(reference, forget_bias=1.0)
+
+
+def test_dropout_on_one_layer_warns_like_nn_lstm():
+    with pytest.warns(UserWarning, match="num_layers greater than 1"):
+        lstmkit.LSTM(3, 4, dropout=0.2)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_padding_is_never_read(backend):
+    ours = lstmkit.LSTM(3, 4, bidirectional=True, backend=backend)
+    x = torch.randn(5, 2, 3)
+    x[3:, 0] = float("nan")
+    x[1:, 1] = float("inf")
+    x.requires_grad_()
+    out, (h_n, c_n) = ours(x, lengths=[3, 1])
+    (out.sum() + h_n.sum() + c_n.sum()).backward()
+    assert torch.isfinite(out).all() and torch.isfinite(h_n).all()
+    assert torch.isfinite(x.grad).all() and torch.all(x.grad[3:, 0] == 0)
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters())
+    clean = x.detach().nan_to_num(0.0, 0.0, 0.0)
+    assert_close(ours(clean, lengths=[3, 1])[0], out.detach(), 1e-6)
+
+
 def test_from_torch_with_peepholes_starts_from_the_same_function():
     reference = nn.LSTM(3, 4)
     ours = lstmkit.LSTM.from_torch(reference, peephole="full")
@@ -162,7 +192,8 @@ def test_dropout_between_layers_only_in_training():
     assert torch.equal(ours(x)[0], ours(x)[0])
     ours.train()
     assert not torch.equal(ours(x)[0], ours(x)[0])
-    single = lstmkit.LSTM(3, 8, num_layers=1, dropout=0.5)  # nothing to drop between layers
+    with pytest.warns(UserWarning, match="num_layers greater than 1"):
+        single = lstmkit.LSTM(3, 8, num_layers=1, dropout=0.5)  # nothing to drop between layers
     assert torch.equal(single(x)[0], single(x)[0])
 
 
@@ -217,6 +248,8 @@ def test_bad_input_is_named(call, error, match):
         ({"peephole": "diag"}, ValueError, "peephole must be one of"),
         ({"activations": ("sigmoid", "tanh", "swish")}, ValueError, "unknown activation 'swish'"),
         ({"activations": ("sigmoid", "tanh")}, ValueError, "three activations"),
+        ({"activations": 5}, ValueError, "three activations"),
+        ({"activations": iter(["sigmoid", "tanh", "tanh"])}, ValueError, "three activations"),
         ({"activations": ("sigmoid", ("tanh", 1.0), "tanh")}, ValueError, "'tanh' takes 0 parameter"),
         ({"coupled_gates": True, "gates": "fo"}, ValueError, "coupled_gates.*'i' and 'f'"),
         ({"gates": "ifx"}, ValueError, "gates must be"),

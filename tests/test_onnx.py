@@ -62,7 +62,7 @@ def _assert_outputs(got, want, exact, jittered, what):
       expm1);
     - the bound is 10x the spread of the exact result under float32 rounding of weights and
       inputs (``jittered``) where that is larger than 1e-5: ill-conditioned cases (a cell that
-      keeps growing through unbounded g and h) move that much from rounding alone.
+      keeps growing through unbounded g and h) move that much from rounding alone; capped at 1e-3.
 
     Well-conditioned cases have a spread near 1e-7 and meet 1e-5; a semantic difference (gate
     order, clip, lengths, an activation) is far above both allowances.
@@ -72,7 +72,8 @@ def _assert_outputs(got, want, exact, jittered, what):
         assert g.shape == w.shape, f"{what} {name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
         scale = max(e.norm().item(), 1e-2 * e.numel() ** 0.5)
         spread, err = (j - e).norm().item() / scale, (g - w).norm().item() / scale
-        assert err <= max(TOL, 10 * spread), f"{what} {name}: relative error {err:.3g} > {TOL:.1g} (rounding spread {spread:.3g})"
+        bound = min(max(TOL, 10 * spread), 1e-3)  # the allowance never exceeds 1e-3
+        assert err <= bound, f"{what} {name}: relative error {err:.3g} > {bound:.1g} (rounding spread {spread:.3g})"
 
 
 def _run_module(m, x, lengths, h0, c0):

@@ -49,6 +49,7 @@ def _with_inputs(node, inputs):
     ({"activations": ["Sigmoid", "Tanh", "Tanh"]}, "must name 3 functions (f, g, h) per direction (6)"),
     ({"activations": ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Relu"]}, "different activations"),
     ({"activations": ["Sigmoid", "Tanh", "Tanh"] * 2, "activation_alpha": [0.5]}, "activation_alpha' has 1 value(s) more"),
+    ({"activation_alpha": [0.5]}, "activation_alpha' has 1 value(s) more"),  # default activations take none
     ({"direction": "sideways"}, "'direction' must be one of"),
     ({"layout": 2}, "'layout' must be 0 or 1"),
     ({"input_forget": 3}, "'input_forget' must be 0 or 1"),

@@ -247,6 +247,7 @@ def _bad(capsys, tmp_path, name, finished_run):
         "bad option": (["train", "memory", "--proj-size", "9", "--hidden-size", "8"], "proj_size"),
         "bad config": (["train", "memory", "--config", data], "unknown setting 'hiden_size'"),
         "run dir exists": (["train", "memory", "--run-dir", finished_run], "exists and is not empty"),
+        "run dir unwritable": (["train", "memory", "--run-dir", "/proc/lstmkit-run"], "cannot write the run folder"),
         "corrupted checkpoint": (["train", "--resume", finished_run], "corrupted"),
         "foreign checkpoint": (["train", "--resume", finished_run], "not an lstmkit checkpoint"),
         "other run's checkpoint": (["train", "--resume", finished_run], "belongs to another run"),
@@ -278,7 +279,7 @@ def _bad(capsys, tmp_path, name, finished_run):
 
 @pytest.mark.parametrize("name", [
     "unknown task", "unknown flag", "bad flag value", "missing data", "empty data", "binary data", "short data",
-    "bad option", "bad config", "run dir exists", "corrupted checkpoint", "foreign checkpoint",
+    "bad option", "bad config", "run dir exists", "run dir unwritable", "corrupted checkpoint", "foreign checkpoint",
     "other run's checkpoint", "incompatible resume", "other task resume", "not a run", "eval corrupted",
     "generate memory",
 ])

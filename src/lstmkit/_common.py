@@ -60,6 +60,9 @@ class LSTMBase(nn.Module):
     def _load_from_torch(self, module: nn.Module) -> None:
         """Load a torch.nn.LSTM/LSTMCell state dict; extra lstmkit weights (peepholes) start at 0
         so that the converted module computes what the original did while the variant allows."""
+        if self.forget_bias:
+            raise ValueError("forget_bias is added at initialisation; from_torch takes the module's biases as they are")
+        self.train(module.training)
         self._zero_peepholes()
         missing, unexpected = self.load_state_dict(module.state_dict(), strict=False)
         missing = [k for k in missing if not k.startswith(("weight_peep", "weight_ch"))]

@@ -92,7 +92,7 @@ class LSTMCell(LSTMBase):
         p = self.weight_ih
         module = nn.LSTMCell(self.input_size, self.hidden_size, self.bias, device=p.device, dtype=p.dtype)
         module.load_state_dict(self.state_dict())
-        return module
+        return module.train(self.training)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")

@@ -10,6 +10,7 @@ sequences 20x longer than those it trained on.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import torch
@@ -146,6 +147,8 @@ def run(args) -> int:
         raise CommandError(f"--steps must be >= 1, got {args.steps}")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CommandError(f"--plot must name a .png file, got {args.plot!r}")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise CommandError(f"--plot {args.plot}: its folder does not exist")
     start = time.perf_counter()
     models = {"handwired": handwired(), "learned": learn(args.seed, args.steps)}
     results = {name: {seq: table(model, seq) for seq in memory.SLIDE} for name, model in models.items()}

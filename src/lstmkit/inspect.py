@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
 
 from .backends.torch_loop import cell_step
 from .lstm import LSTM
@@ -16,15 +17,19 @@ def trace(module: LSTM, input: torch.Tensor, hx=None) -> dict[str, list[torch.Te
     """Run a unidirectional ``module`` over ``input`` step by step with the generic cell code and
     record, for every layer, the gates f(z_i), forget, f(z_o), the cell c^t and the output h^t.
 
+    Dropout between layers is not applied: the record is what the module computes in eval mode.
+
     Args:
         module: an lstmkit.LSTM with bidirectional=False.
-        input: as for ``module`` (batch_first respected) or unbatched (L, I).
+        input: a padded tensor as for ``module`` (batch_first respected) or unbatched (L, I);
+            not a PackedSequence (every sequence runs all L steps).
         hx: optional (h_0, c_0) as for ``module``.
 
     Returns:
-        A dict with keys "input_gate", "forget_gate", "output_gate", "cell" (each a list over
-        layers of (L, N, H) tensors, or (L, H) unbatched) and "output" ((L, N, P or H)).
-        The last layer's "output" equals ``module(input)[0]``.
+        A dict with keys "input_gate", "forget_gate", "output_gate", "cell" and "output", each a
+        list over layers of (L, N, H) tensors ((N, L, H) if batch_first, (L, H) unbatched;
+        "output" has P features with a projection). The last layer's "output" equals
+        ``module.eval()(input)[0]``.
 
     Example:
         >>> import torch, lstmkit
@@ -38,6 +43,8 @@ def trace(module: LSTM, input: torch.Tensor, hx=None) -> dict[str, list[torch.Te
         raise TypeError(f"module must be an lstmkit.LSTM, got {type(module).__name__}")
     if module.bidirectional:
         raise ValueError("module: trace steps forward in time and needs bidirectional=False")
+    if isinstance(input, PackedSequence):
+        raise TypeError("input: trace takes a padded tensor, not a PackedSequence")
     x, h0, c0, _, unbatched = module._prepare(input, hx, None)  # (T, B, I), (L, B, P), (L, B, H)
     peep = module.variant.peephole_parameter(module.hidden_size)
     result = {key: [] for key in RECORDED}

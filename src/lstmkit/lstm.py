@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,6 +114,10 @@ class LSTM(LSTMBase):
             raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}", stacklevel=2)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout, self.proj_size = float(dropout), proj_size
@@ -173,7 +179,7 @@ class LSTM(LSTMBase):
             self.bidirectional, self.proj_size, device=p.device, dtype=p.dtype,
         )
         module.load_state_dict(self.state_dict())
-        return module
+        return module.train(self.training)
 
     @classmethod
     def from_onnx_node(cls, node, initializers, **options):
@@ -198,6 +204,9 @@ class LSTM(LSTMBase):
 
             return export_forward(self, input, hx, lengths)
         x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths)
+        if lengths is not None:  # padding is never read: inf or nan there cannot reach outputs or gradients
+            valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths  # (T, B)
+            x = torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         packed = isinstance(input, PackedSequence)
         output, h_n, c_n = self._run_layers(x, h0, c0, lengths)
 
@@ -274,7 +283,7 @@ class LSTM(LSTMBase):
     def _run_layers(self, x, h0, c0, lengths):
         recurrence = backends.select(self.backend, x.device, self.variant)
         params = dict(self.named_parameters())
-        peep_name = (self.variant.peephole_parameter(self.hidden_size) or (None,))[0]
+        peephole = self.variant.peephole_parameter(self.hidden_size)  # (name, shape) or None
         h_n, c_n = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -285,7 +294,7 @@ class LSTM(LSTMBase):
                 x_proj = F.linear(layer_input, params[f"weight_ih{suffix}"], bias)  # (T, B, 4H): one GEMM
                 y, h, c = recurrence(
                     x_proj, h0[index], c0[index], params[f"weight_hh{suffix}"], self.variant,
-                    peephole_weight=params.get(f"{peep_name}{suffix}"), weight_hr=params.get(f"weight_hr{suffix}"),
+                    peephole_weight=params[f"{peephole[0]}{suffix}"] if peephole else None, weight_hr=params.get(f"weight_hr{suffix}"),
                     lengths=lengths, reverse=direction == 1,
                 )
                 outputs.append(y)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lstmkit.variant import ACTIVATION_DEFAULTS, Activation, Variant
+from lstmkit.variant import Activation, Variant
 
 # --------------------------------------------------------------------------------------------
 # Activations: (function, derivative), both of the pre-activation x, with ONNX's definitions.
@@ -74,12 +74,9 @@ ACTIVATIONS = {
 
 def _activation(spec):
     """(fn, derivative) of one activation, as functions of x only."""
-    act = Activation.parse(spec)
-    default_alpha, default_beta = ACTIVATION_DEFAULTS[act.name]
-    alpha = default_alpha if act.alpha is None else act.alpha
-    beta = default_beta if act.beta is None else act.beta
+    act = Activation.parse(spec)  # resolves ONNX's default alpha/beta
     fn, deriv = ACTIVATIONS[act.name]
-    return (lambda x: fn(x, alpha, beta)), (lambda x: deriv(x, alpha, beta))
+    return (lambda x: fn(x, act.alpha, act.beta)), (lambda x: deriv(x, act.alpha, act.beta))
 
 
 def _clamp(x, limit):

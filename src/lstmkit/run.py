@@ -74,8 +74,11 @@ class RunDir:
         return self.checkpoints / f"{which}.safetensors"
 
     def create(self, run: dict) -> None:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.write_json(self.config_file, run)
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.write_json(self.config_file, run)
+        except OSError as error:
+            raise cfg.ConfigError(f"--run-dir {self.path}: cannot write the run folder ({error.strerror})") from None
 
     def read_config(self) -> dict:
         if not self.config_file.is_file():

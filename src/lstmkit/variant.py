@@ -142,7 +142,7 @@ class Variant:
         if activations is None:
             acts = DEFAULT_ACTIVATIONS
         else:
-            if isinstance(activations, str) or len(activations) != 3:
+            if not isinstance(activations, (list, tuple)) or len(activations) != 3:
                 raise ValueError(
                     f"activations must be a sequence of three activations (f, g, h), got {activations!r}"
                 )

@@ -19,7 +19,9 @@ def check_against_reference(module, x, lengths=None, dtype=torch.float64, hx=Tru
     x = x.to(dtype).requires_grad_()
     h0 = (0.5 * torch.randn(layers, batch, module.proj_size or module.hidden_size, dtype=dtype)).requires_grad_()
     c0 = (0.5 * torch.randn(layers, batch, module.hidden_size, dtype=dtype)).requires_grad_()
-    out, (h_n, c_n) = module(x, (h0, c0), lengths=lengths)
+    if not hx:  # the module's default zero state
+        h0, c0 = (torch.zeros_like(t).requires_grad_() for t in (h0, c0))
+    out, (h_n, c_n) = module(x, (h0, c0) if hx else None, lengths=lengths)
     g_out, g_h, g_c = (torch.randn_like(t) for t in (out, h_n, c_n))
     if lengths is not None:  # outputs past a length are constant zeros; give them no weight
         g_out = g_out * (torch.arange(x.shape[0])[:, None] < torch.as_tensor(lengths))[..., None]
@@ -31,7 +33,11 @@ def check_against_reference(module, x, lengths=None, dtype=torch.float64, hx=Tru
     assert_close(h_n, ref_h, tol["forward"], "h_n")
     assert_close(c_n, ref_c, tol["forward"], "c_n")
     grads = {name: p.grad for name, p in module.named_parameters()}
-    grads.update(input=x.grad, h_0=h0.grad, c_0=c0.grad)
+    grads["input"] = x.grad
+    if hx:
+        grads.update(h_0=h0.grad, c_0=c0.grad)
+    else:
+        del ref_grads["h_0"], ref_grads["c_0"]
     assert grads.keys() == ref_grads.keys()
     for name, expected in ref_grads.items():
         # A parameter no gate reads (peepholes with gates="") gets no gradient at all, as in PyTorch.
@@ -82,10 +88,20 @@ def test_options(options, dtype):
     check_against_reference(make(dtype, **options), torch.randn(6, 3, 3), dtype=dtype)
 
 
-def test_clip_actually_clips():
-    module = make(clip=0.3)
-    z = torch.nn.functional.linear(torch.randn(6, 3, 3, dtype=torch.float64), module.weight_ih_l0)
-    assert (z.abs() > 0.3).any()  # so the comparison above exercises the clamp
+def test_clip_and_cell_clip_change_the_result():
+    """So that the comparisons above exercise the clamps: at these values they are active."""
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    plain = make()
+    for options in ({"clip": 0.3}, {"cell_clip": 0.2}):
+        clipped = make(**options)
+        clipped.load_state_dict(plain.state_dict())
+        assert (clipped(x)[0] - plain(x)[0]).abs().max() > 1e-3, options
+
+
+@pytest.mark.parametrize("peephole", [None, "diagonal"])
+def test_default_zero_state(peephole):
+    check_against_reference(make(peephole=peephole, num_layers=2, bidirectional=True), torch.randn(5, 2, 3),
+                            lengths=[5, 2], hx=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -78,8 +78,8 @@ def parse_activations(names, alphas, betas, directions: int, defaults: str = "on
     """
     if defaults not in DEFAULTS:
         raise ValueError(f"activation_defaults must be one of {DEFAULTS}, got {defaults!r}")
-    if names is None:
-        return [(Activation("sigmoid"), Activation("tanh"), Activation("tanh"))] * directions
+    if names is None:  # the defaults take no alpha/beta: surplus values are refused below
+        names = ["Sigmoid", "Tanh", "Tanh"] * directions
     if len(names) != 3 * directions:
         raise ValueError(
             f"attribute 'activations' must name 3 functions (f, g, h) per direction ({3 * directions}), "

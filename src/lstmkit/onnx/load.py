@@ -177,8 +177,9 @@ def from_onnx_node(node, initializers, *, activation_defaults: str = "onnx") -> 
         node: an ``onnx.NodeProto`` with op_type "LSTM".
         initializers: the node's constant inputs W, R and, if used, B and P: a dict name ->
             array/TensorProto or a list of ``onnx.TensorProto`` (e.g. ``graph.initializer``).
-            X, sequence_lens, initial_h, initial_c are runtime inputs: call the module with
-            ``module(X, (initial_h, initial_c), lengths=sequence_lens)``.
+            X, sequence_lens, initial_h, initial_c are runtime inputs: pass them with
+            :func:`lstmkit.onnx.onnx_outputs`, which also converts ONNX's shapes (with
+            layout=1, initial_h/Y_h are (B, D, H) where the module's states are (D, B, H)).
         activation_defaults: ``"onnx"`` (the ONNX operator spec) or ``"onnxruntime"`` for
             alpha/beta a node leaves out (they differ for Affine, ScaledTanh, ThresholdedRelu).
 
