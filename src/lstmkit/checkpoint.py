@@ -77,10 +77,15 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write ``tensors`` (moved to CPU) and ``meta`` (JSON-able) to ``path`` atomically."""
     st = _safetensors()
-    path = Path(path)
     tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
     metadata = {"lstmkit": json.dumps({"format": FORMAT, **meta}), "sha256": digest(tensors)}
-    data = st.torch.save(tensors, metadata=metadata)
+    atomic_write(path, st.torch.save(tensors, metadata=metadata))
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that the file is always either the old or the new content:
+    a temporary file in the same folder, fsynced, renamed over ``path``, the rename fsynced."""
+    path = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes it 0o600

@@ -12,6 +12,7 @@ Only the process of rank 0 writes to it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -92,9 +93,7 @@ class RunDir:
         return run
 
     def write_json(self, path: Path, value) -> None:
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-        os.replace(temp, path)
+        checkpoint.atomic_write(path, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
 
     def log(self, record: dict) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as file:
@@ -114,9 +113,7 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """Keep the records up to ``step`` (those after it belong to steps a resume redoes)."""
         kept = [r for r in self.metrics() if r["step"] <= step]
-        temp = self.metrics_file.with_name(".metrics.jsonl.tmp")
-        temp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(temp, self.metrics_file)
+        checkpoint.atomic_write(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))
 
     def plot(self, metric: str) -> None:
         """curve.png: training loss and the validation ``metric`` against the step."""
@@ -140,10 +137,10 @@ class RunDir:
         left.set_yscale("log")
         figure.suptitle(self.path.name)
         figure.tight_layout()
-        temp = self.path / ".curve.png.tmp"
-        figure.savefig(temp, format="png", dpi=100)
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=100)
         plt.close(figure)
-        os.replace(temp, self.path / "curve.png")
+        checkpoint.atomic_write(self.path / "curve.png", image.getvalue())
 
 
 def open_run(path: str, which: str, data: str | None, device: torch.device):

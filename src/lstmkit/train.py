@@ -284,7 +284,7 @@ class Trainer:
         self.module.train()
         self.run_dir.log({"step": self.step, "split": "val", **metrics, "elapsed": self.elapsed})
         value = metrics[self.task.metrics[0]]
-        improved = (self.best is None or self.best != self.best  # none yet, or a NaN to replace
+        improved = (self.best is None or math.isnan(self.best)  # none yet, or a NaN to replace
                     or (value > self.best if self.task.maximize else value < self.best))
         if improved:
             self.best = value
