@@ -85,41 +85,15 @@ def _check(args) -> None:
 
 # ------------------------------------------------------------------ onnxruntime's LSTM node
 def _onnx_session(module: LSTM, threads: int):
-    """An onnxruntime session running ``module`` as ONNX LSTM nodes, one per layer."""
-    import numpy as np
-    import onnx
+    """An onnxruntime session running ``module`` as ONNX LSTM nodes (lstmkit.onnx's export)."""
     import onnxruntime
-    from onnx import TensorProto, helper, numpy_helper
 
-    hidden, dirs = module.hidden_size, 2 if module.bidirectional else 1
-    order = torch.cat([torch.arange(g * hidden, (g + 1) * hidden) for g in (0, 3, 1, 2)])  # i,f,g,o -> i,o,f,c
+    from .onnx import to_model
 
-    def weights(name, layer):  # (D, ...) in ONNX's gate order; peepholes p_i, p_f, p_o -> p_i, p_o, p_f
-        per_direction = [getattr(module, f"{name}{s}").detach() for s in module._suffixes(layer)]
-        return torch.stack([w[[0, 2, 1]].reshape(-1) if name == "weight_peep" else w[order] for w in per_direction])
-
-    nodes, inits, layer_in = [], [], "X"
-    for layer in range(module.num_layers):
-        tensors = {"W": weights("weight_ih", layer), "R": weights("weight_hh", layer),
-                   "B": torch.cat([weights("bias_ih", layer), weights("bias_hh", layer)], -1)}
-        if module.variant.peephole:
-            tensors["P"] = weights("weight_peep", layer)
-        names = [f"{k}{layer}" for k in tensors]
-        inits += [numpy_helper.from_array(t.float().numpy(), n) for t, n in zip(tensors.values(), names)]
-        inputs = [layer_in, *names[:3], "", "", ""] + ([names[3]] if module.variant.peephole else [])
-        nodes.append(helper.make_node("LSTM", inputs, [f"Y{layer}"], hidden_size=hidden,
-                                      direction="bidirectional" if dirs == 2 else "forward",
-                                      input_forget=int(module.variant.coupled_gates)))
-        nodes.append(helper.make_node("Transpose", [f"Y{layer}"], [f"T{layer}"], perm=[0, 2, 1, 3]))  # (T, B, D, H)
-        nodes.append(helper.make_node("Reshape", [f"T{layer}", "shape"], [f"L{layer}"]))  # (T, B, D*H)
-        layer_in = f"L{layer}"
-    inits.append(numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), "shape"))
-    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info(layer_in, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(to_model(module).SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
 
 
 def _have_onnxruntime() -> bool:
@@ -165,7 +139,7 @@ def _contenders(batch, hidden, layers, bidirectional, args, use_ort):
         runs["lstmkit", variant, "forward"] = forward(model)
         runs["lstmkit", variant, "forward+backward"] = forward_backward(model)
         if use_ort and variant in ONNX_VARIANTS:
-            session, feed = _onnx_session(model, args.threads), {"X": x.numpy()}
+            session, feed = _onnx_session(model, args.threads), {"input": x.numpy()}
             runs["onnxruntime", variant, "forward"] = lambda s=session, f=feed: s.run(None, f)
             with torch.no_grad():
                 ours = model(x)[0]

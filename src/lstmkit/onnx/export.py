@@ -14,11 +14,14 @@ of zero-length sequences, which onnxruntime's LSTM would return as zeros.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ..checkpoint import atomic_write
 from ..lstm import LSTM
 from ._convert import ONNX_FROM_LSTMKIT, PEEPHOLE_ORDER, activation_attributes, reorder_blocks
 from .reverse import ReverseLSTM
@@ -184,5 +187,8 @@ def export(model: LSTM | ReverseLSTM, path_or_file, *, lengths: bool = False, in
         the ``onnx.ModelProto`` that was written.
     """
     onnx_model = to_model(model, lengths=lengths, initial_state=initial_state, opset=opset)
-    onnx.save(onnx_model, path_or_file)
+    if isinstance(path_or_file, (str, os.PathLike)):  # never a half-written file in place of an old one
+        atomic_write(path_or_file, onnx_model.SerializeToString())
+    else:
+        onnx.save(onnx_model, path_or_file)
     return onnx_model
