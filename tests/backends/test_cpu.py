@@ -1,8 +1,8 @@
 """The fused CPU backend against the float64 reference, for every option and combination.
 
 The generic backend's tests (tests/backends/test_torch_loop.py) run here a second time with
-``backend="cpu"``; the tests below add what they do not reach: batches above the kernel's
-small-batch path, hidden sizes that fill its vector registers, the fallback without a compiler.
+``backend="cpu"``; the tests below add what they do not reach: the row and column tails of the
+kernel's matrix products (csrc/gemm.h), several threads, the fallback without a compiler.
 """
 
 import os
@@ -60,14 +60,37 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("batch", [1, 6])  # the own GEMV (batch <= 4) and the BLAS path
+@pytest.mark.parametrize("batch", [1, 6, 7])  # 1 row; 4 + 2 and 4 + 3 rows of the 4-row micro-kernel
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_vector_widths_and_blas_path(options, batch, dtype):
-    """H = 19: 4H = 76 fills the kernel's 64-wide register block and leaves a tail."""
+def test_gemm_tiles_and_tails(options, batch, dtype):
+    """H = 19: 4H = 76 columns are 3 full panels of 24 floats (6 of 12 doubles) and a tail of 4."""
     module = lstmkit.LSTM(11, 19, dtype=dtype, backend="cpu", bidirectional=True, **options)
-    lengths = None if batch == 1 else [9, 0, 4, 9, 1, 7]
+    lengths = None if batch == 1 else [9, 0, 4, 9, 1, 7, 3][:batch]
     check_against_reference(module, torch.randn(9, batch, 11), lengths=lengths, dtype=dtype)
+
+
+@pytest.mark.parametrize("options", OPTIONS[1:3])
+def test_threads_share_out_panels(options):
+    """With two threads the panels of each product are split between them: same numbers, bit for bit."""
+    module = lstmkit.LSTM(16, 64, backend="cpu", **options)  # 4H = 256: 11 panels of 24 columns
+    x = torch.randn(20, 16, 16)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            xg = x.clone().requires_grad_()
+            module.zero_grad()
+            out, (h, c) = module(xg)
+            (out.square().sum() + h.sum() + c.sum()).backward()
+            results.append([out, h, c, xg.grad, *(p.grad for p in module.parameters())])
+        module.zero_grad(set_to_none=True)
+        check_against_reference(module, x, dtype=torch.float32)  # and right, with two threads
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("options", OPTIONS[:4])

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "lstm_cpu.cpp"
-HEADERS = [Path(__file__).parent / "csrc" / "lstm_math.h"]
+HEADERS = [Path(__file__).parent / "csrc" / name for name in ("gemm.h", "lstm_math.h")]
 _state: dict = {}
 
 
@@ -40,18 +40,18 @@ def build_command(compiler: str, output: Path) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
-        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", *_isa_flags(),
+        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", *_isa_flags(),
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}", str(SOURCE),
         f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(output),
     ]
 
 
 def library_path() -> Path:
-    """Where the built kernel lives: keyed by source, compile flags, torch version and machine."""
+    """Where the built kernel lives: keyed by source, build command, torch version and machine."""
     key = hashlib.sha256()
     for path in (SOURCE, *HEADERS):
         key.update(path.read_bytes())
-    key.update(" ".join([torch.__version__, platform.machine(), *_isa_flags()]).encode())
+    key.update(" ".join([torch.__version__, platform.machine(), *build_command("", Path())]).encode())
     cache = Path(os.environ.get("LSTMKIT_CACHE", Path.home() / ".cache" / "lstmkit"))
     return cache / f"lstm_cpu-{key.hexdigest()[:16]}.so"
 

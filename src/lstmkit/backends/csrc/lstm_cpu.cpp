@@ -1,13 +1,11 @@
 // lstmkit's fused CPU recurrence: one layer, one direction, forward and backward through time.
 //
-// The time loop runs here, in C++: per step one recurrent matrix product (the platform BLAS
-// through ATen for B > SMALL_BATCH; for small batches, where a BLAS call costs more than the
-// product, the GEMV of lstm_math.h) and one fused element-wise pass over the gates.
+// The time loop runs here, in C++: per step one recurrent matrix product (gemm.h, the weights
+// packed once per call) and one fused element-wise pass over the gates.
 // Lecture notation (SPEC section 1), gate order i, f, g(z), o in every (.., 4H) row:
 //     c^t = g(z) * f(z_i) + c^{t-1} * f(z_f)        h^t = h(c^t) * f(z_o)
 // The Python side (backends/cpu.py) wraps forward and backward in one autograd.Function.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
@@ -20,14 +18,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 
+#include "gemm.h"
 #include "lstm_math.h"
 
 namespace {
 
 using at::Tensor;
 using namespace lstmkit;
-constexpr int64_t SMALL_BATCH = 4;  // up to this batch size the own GEMV beats a BLAS call
 
 // Variant options, unpacked from the int/float lists Python passes (see cpu.py: _codes).
 struct Opts {
@@ -47,23 +46,6 @@ struct Opts {
   }
 };
 
-// out (B, N) (+)= in (B, K) @ mat2 (K, N). W_nk is mat2 transposed, row-major (N, K), for the
-// small-batch path; larger batches go to the BLAS with mat2 as it is.
-template <typename T>
-void matmul(Tensor& out, const Tensor& in, const Tensor& W_nk, const Tensor& mat2, bool accumulate) {
-  const int64_t B = in.size(0), K = in.size(1), N = out.size(1);
-  if (B <= SMALL_BATCH) {
-    T* o = out.data_ptr<T>();
-    const T *x = in.data_ptr<T>(), *W = W_nk.data_ptr<T>();
-    if (!accumulate) std::fill(o, o + B * N, T(0));
-    for (int64_t b = 0; b < B; ++b) gemv(W, x + b * K, o + b * N, N, K);
-  } else if (accumulate) {
-    out.addmm_(in, mat2);
-  } else {
-    at::mm_out(out, in, mat2);
-  }
-}
-
 // A fresh tensor for the (T, B, ..) buffers: at 4 MiB and more in transparent huge pages
 // (madvise), so that first touching it costs one page fault per 2 MiB, not per 4 KiB. Page faults
 // dominated the training forward otherwise (B=16, H=128: 90 µs per step instead of 44).
@@ -78,8 +60,16 @@ Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::from_blob(data, sizes, [](void* p) { std::free(p); }, options);
 }
 
+// Row i of a tensor's first dimension, without ATen's checks inside the time loop.
 template <typename T>
-inline T* row(const Tensor& t, int64_t i) { return t.data_ptr<T>() + i * t.stride(0); }
+struct Rows {
+  T* data = nullptr;
+  int64_t stride = 0;
+  explicit Rows(const Tensor& t) {
+    if (t.defined() && t.numel()) data = t.data_ptr<T>(), stride = t.dim() ? t.stride(0) : 0;
+  }
+  T* operator[](int64_t i) const { return data + i * stride; }
+};
 
 // ---------------------------------------------------------------- forward
 template <typename T>
@@ -102,26 +92,30 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
     zbuf = empty_large({T_, B, G}, opt), cbuf = empty_large({T_, B, H}, opt), cprev = empty_large({T_, B, H}, opt);
     hbuf = empty_large({T_, B, K}, opt), abuf = proj ? at::zeros({T_, B, H}, opt) : Tensor();  // idle rows: 0
   }
-  const Tensor w_rec_t = w_rec.t(), w_hr_t = proj ? w_hr.t() : Tensor();  // (K, G), (H, P) views for BLAS
+  const Rows<T> x_proj_(x_proj), y_(y), hin_(hin), c_(c), zs_(zs), a_(a), c_new_(c_new), h_new_(h_new);
+  const Rows<T> zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), hbuf_(hbuf), abuf_(abuf);
+  const Packed<T> rec(w_rec.data_ptr<T>(), K, G, 1, K);  // [R, Q]^T (K, G)
+  std::optional<Packed<T>> hr;
+  if (proj) hr.emplace(w_hr.data_ptr<T>(), H, P, 1, H);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
   const int64_t* len = lengths.numel() ? lengths.data_ptr<int64_t>() : nullptr;
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? T_ - 1 - s : s;
-    std::memcpy(zs.data_ptr<T>(), row<T>(x_proj, t), B * G * sizeof(T));
-    matmul<T>(zs, hin, w_rec, w_rec_t, true);  // z = W x + b + R h^{t-1} (+ Q c^{t-1})
+    // z = W x + b + R h^{t-1} (+ Q c^{t-1})    (B, 4H)
+    gemm<T>(B, hin_.data, K, rec, x_proj_[t], G, zs_.data, G);
     if (train) {
-      std::memcpy(row<T>(hbuf, t), hin.data_ptr<T>(), B * K * sizeof(T));
-      std::memcpy(row<T>(cprev, t), c.data_ptr<T>(), B * H * sizeof(T));
+      std::memcpy(hbuf_[t], hin_.data, B * K * sizeof(T));
+      std::memcpy(cprev_[t], c_.data, B * H * sizeof(T));
     }
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;
-      T *z = row<T>(zs, b), *zi = z, *zf = z + H, *zz = z + 2 * H, *zo = z + 3 * H;
-      const T* cp = row<T>(c, b);
-      T *cn = row<T>(c_new, b), *ab = row<T>(a, b);
+      T *z = zs_[b], *zi = z, *zf = z + H, *zz = z + 2 * H, *zo = z + 3 * H;
+      const T* cp = c_[b];
+      T *cn = c_new_[b], *ab = a_[b];
       if (o.diag)
         for (int64_t j = 0; j < H; ++j) zi[j] += pe[j] * cp[j], zf[j] += pe[H + j] * cp[j];
-      T* saved = train ? row<T>(zbuf, t) + b * G : nullptr;
+      T* saved = train ? zbuf_[t] + b * G : nullptr;
       if (train && !o.saves_values) std::memcpy(saved, z, 3 * H * sizeof(T));
       if (o.clip > 0) clamp(z, 3 * H, T(o.clip));
       if (o.has_i) activate<T>(o.act[0], o.alpha[0], o.beta[0], zi, zi, nullptr, H); else std::fill(zi, zi + H, T(1));
@@ -140,18 +134,18 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
       activate<T>(o.act[2], o.alpha[2], o.beta[2], cn, ab, nullptr, H);
       for (int64_t j = 0; j < H; ++j) ab[j] *= zo[j];  // a = h(c^t) f(z_o)
     }
-    if (proj) matmul<T>(h_new, a, w_hr, w_hr_t, false);  // h^t = W_hr a
-    T* yt = row<T>(y, t);
+    if (proj) gemm<T>(B, a_.data, H, *hr, nullptr, 0, h_new_.data, P);  // h^t = W_hr a
+    T* yt = y_[t];
     for (int64_t b = 0; b < B; ++b) {
       T* yb = yt + b * P;
       if (len && t >= len[b]) { std::fill(yb, yb + P, T(0)); continue; }  // state kept, output 0
-      std::memcpy(yb, row<T>(h_new, b), P * sizeof(T));
-      std::memcpy(row<T>(hin, b), yb, P * sizeof(T));
-      std::memcpy(row<T>(c, b), row<T>(c_new, b), H * sizeof(T));
-      if (o.full) std::memcpy(row<T>(hin, b) + P, row<T>(c_new, b), H * sizeof(T));
+      std::memcpy(yb, h_new_[b], P * sizeof(T));
+      std::memcpy(hin_[b], yb, P * sizeof(T));
+      std::memcpy(c_[b], c_new_[b], H * sizeof(T));
+      if (o.full) std::memcpy(hin_[b] + P, c_new_[b], H * sizeof(T));
       if (train) {
-        std::memcpy(row<T>(cbuf, t) + b * H, row<T>(c_new, b), H * sizeof(T));
-        if (proj) std::memcpy(row<T>(abuf, t) + b * H, row<T>(a, b), H * sizeof(T));
+        std::memcpy(cbuf_[t] + b * H, c_new_[b], H * sizeof(T));
+        if (proj) std::memcpy(abuf_[t] + b * H, a_[b], H * sizeof(T));
       }
     }
   }
@@ -175,8 +169,10 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   Tensor da = proj ? at::empty({B, H}, opt) : dht, dhin = at::empty({B, K}, opt);
   Tensor dhtot = proj ? at::zeros({T_, B, P}, opt) : Tensor();
   Tensor dpeep = at::zeros({3, H}, opt);
-  const bool small = B <= SMALL_BATCH;  // the own GEMV wants the transposed weights, row-major
-  const Tensor w_rec_nk = small ? w_rec.t().contiguous() : w_rec, w_hr_nk = small && proj ? w_hr.t().contiguous() : w_hr;
+  const Rows<T> dZ_(dZ), zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), dhtot_(dhtot);
+  const Packed<T> rec(w_rec.data_ptr<T>(), G, K, K, 1);  // [R, Q] (G, K)
+  std::optional<Packed<T>> hr;
+  if (proj) hr.emplace(w_hr.data_ptr<T>(), P, H, H, 1);  // W_hr (P, H)
   // Absent options become neutral constants, so that the per-element loop has no branches.
   std::vector<T> no_peep(3 * H, T(0)), val(G), der(G), hv(H), hd(H);
   const T* pe = o.diag ? peep.data_ptr<T>() : no_peep.data();
@@ -185,7 +181,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   const T clip = o.clip, coupled = o.coupled;
   const T cell_clip = o.cell_clip > 0 ? T(o.cell_clip) : std::numeric_limits<T>::infinity();
   T *dh_p = dh.data_ptr<T>(), *dc_p = dc.data_ptr<T>(), *dht_p = dht.data_ptr<T>(), *dhin_p = dhin.data_ptr<T>();
-  const T *da_p = da.data_ptr<T>(), *dy_p = dy.data_ptr<T>();
+  T* da_p = da.data_ptr<T>();
+  const T* dy_p = dy.data_ptr<T>();
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? s : T_ - 1 - s;  // the forward's order, backwards
@@ -193,13 +190,13 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
     for (int64_t i = 0; i < B * P; ++i) dht_p[i] = dh_p[i] + dyt[i];  // dL/dh^t
     if (proj) {
       for (int64_t b = 0; b < B; ++b)
-        if (!(len && t >= len[b])) std::memcpy(row<T>(dhtot, t) + b * P, dht_p + b * P, P * sizeof(T));
-      matmul<T>(da, dht, w_hr_nk, w_hr, false);  // dL/da = W_hr^T dh
+        if (!(len && t >= len[b])) std::memcpy(dhtot_[t] + b * P, dht_p + b * P, P * sizeof(T));
+      gemm<T>(B, dht_p, P, *hr, nullptr, 0, da_p, H);  // dL/da = W_hr^T dh
     }
     for (int64_t b = 0; b < B; ++b) {
-      T* dz = row<T>(dZ, t) + b * G;
+      T* dz = dZ_[t] + b * G;
       if (len && t >= len[b]) { std::fill(dz, dz + G, T(0)); continue; }
-      const T *z = row<T>(zbuf, t) + b * G, *cn = row<T>(cbuf, t) + b * H, *cp = row<T>(cprev, t) + b * H;
+      const T *z = zbuf_[t] + b * G, *cn = cbuf_[t] + b * H, *cp = cprev_[t] + b * H;
       const T* dab = da_p + b * H;
       T* dcb = dc_p + b * H;
       T *vi = val.data(), *vf = vi + H, *vz = vi + 2 * H, *vo = vi + 3 * H;
@@ -237,8 +234,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
         dp[j] += dzi[j] * cp[j], dp[H + j] += dzf[j] * cp[j], dp[2 * H + j] += dzo[j] * cn[j];
       }
     }
-    Tensor dZt = dZ[t];
-    matmul<T>(dhin, dZt, w_rec_nk, w_rec, false);  // dL/d[h^{t-1}, c^{t-1}] = [R, Q]^T dz
+    gemm<T>(B, dZ_[t], G, rec, nullptr, 0, dhin_p, K);  // dL/d[h^{t-1}, c^{t-1}] = [R, Q]^T dz
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;  // an idle step passes dh, dc through unchanged
       std::memcpy(dh_p + b * P, dhin_p + b * K, P * sizeof(T));

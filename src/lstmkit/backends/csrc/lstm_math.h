@@ -1,5 +1,5 @@
 // lstmkit's fused CPU kernel, the element-wise math: exp, sigmoid, tanh, ONNX's activations
-// with their derivatives, and the small-batch GEMV. Included by lstm_cpu.cpp only.
+// with their derivatives. Included by lstm_cpu.cpp only.
 #pragma once
 
 #include <algorithm>
@@ -155,64 +155,5 @@ template <typename T>
 inline void clamp(T* x, int64_t n, T limit) {
   for (int64_t j = 0; j < n; ++j) x[j] = std::min(std::max(x[j], -limit), limit);
 }
-
-// ---------------------------------------------------------------- small-batch matrix products
-// out[n] += sum_k W[n, k] v[k] for W row-major (N, K): four rows of W at a time, each a dot
-// product with v in SIMD lanes, so that W streams through the cache once, in memory order.
-#ifdef __AVX2__
-struct SimdF {
-  using V = __m256;
-  static constexpr int64_t L = 8;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static float sum(V a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
-  }
-};
-struct SimdD {
-  using V = __m256d;
-  static constexpr int64_t L = 4;
-  static V zero() { return _mm256_setzero_pd(); }
-  static V load(const double* p) { return _mm256_loadu_pd(p); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static double sum(V a) {
-    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-    return _mm_cvtsd_f64(_mm_hadd_pd(s, s));
-  }
-};
-template <typename T> struct Simd;
-template <> struct Simd<float> : SimdF {};
-template <> struct Simd<double> : SimdD {};
-
-template <typename T>
-void gemv(const T* W, const T* v, T* out, int64_t N, int64_t K) {
-  using S = Simd<T>;
-  const int64_t Kv = K - K % S::L;
-  int64_t n = 0;
-  for (; n + 4 <= N; n += 4) {
-    const T *w0 = W + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-    auto a0 = S::zero(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t k = 0; k < Kv; k += S::L) {
-      const auto x = S::load(v + k);
-      a0 = S::fma(S::load(w0 + k), x, a0), a1 = S::fma(S::load(w1 + k), x, a1);
-      a2 = S::fma(S::load(w2 + k), x, a2), a3 = S::fma(S::load(w3 + k), x, a3);
-    }
-    T s0 = S::sum(a0), s1 = S::sum(a1), s2 = S::sum(a2), s3 = S::sum(a3);
-    for (int64_t k = Kv; k < K; ++k) s0 += w0[k] * v[k], s1 += w1[k] * v[k], s2 += w2[k] * v[k], s3 += w3[k] * v[k];
-    out[n] += s0, out[n + 1] += s1, out[n + 2] += s2, out[n + 3] += s3;
-  }
-  for (; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) out[n] += W[n * K + k] * v[k];
-}
-#else
-template <typename T>
-void gemv(const T* W, const T* v, T* out, int64_t N, int64_t K) {
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) out[n] += W[n * K + k] * v[k];
-}
-#endif
 
 }  // namespace lstmkit
