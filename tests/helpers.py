@@ -6,6 +6,8 @@ import torch
 TOLERANCE = {
     torch.float64: {"forward": 1e-10, "grad": 1e-10},
     torch.float32: {"forward": 1e-5, "grad": 1e-4},
+    torch.bfloat16: {"forward": 1e-2, "grad": 1e-2},
+    torch.float16: {"forward": 1e-2, "grad": 1e-2},
 }
 
 

@@ -282,6 +282,7 @@ class LSTM(LSTMBase):
 
     def _run_layers(self, x, h0, c0, lengths):
         recurrence = backends.select(self.backend, x.device, self.variant)
+        project = backends.projection(recurrence)
         params = dict(self.named_parameters())
         peephole = self.variant.peephole_parameter(self.hidden_size)  # (name, shape) or None
         h_n, c_n = [], []
@@ -291,7 +292,7 @@ class LSTM(LSTMBase):
             for direction, suffix in enumerate(self._suffixes(layer)):
                 index = layer * len(self._suffixes(layer)) + direction
                 bias = params[f"bias_ih{suffix}"] + params[f"bias_hh{suffix}"] if self.bias else None
-                x_proj = F.linear(layer_input, params[f"weight_ih{suffix}"], bias)  # (T, B, 4H): one GEMM
+                x_proj = project(layer_input, params[f"weight_ih{suffix}"], bias)  # (T, B, 4H): one GEMM
                 y, h, c = recurrence(
                     x_proj, h0[index], c0[index], params[f"weight_hh{suffix}"], self.variant,
                     peephole_weight=params[f"{peephole[0]}{suffix}"] if peephole else None, weight_hr=params.get(f"weight_hr{suffix}"),

@@ -99,6 +99,26 @@ def test_float32_200_steps_batch_16(options):
     check_against_reference(module, torch.randn(200, 16, 8), dtype=torch.float32)
 
 
+def test_large_projection_in_huge_pages(monkeypatch):
+    """Input projections of 4 MiB and more go through the kernel's matmul: same numbers as F.linear."""
+    calls = []
+    apply = cpu.Projection.apply
+    monkeypatch.setattr(cpu.Projection, "apply", lambda *args: calls.append(1) or apply(*args))
+    module = lstmkit.LSTM(8, 256, num_layers=2, dtype=torch.float64, backend="cpu")
+    generic = lstmkit.LSTM(8, 256, num_layers=2, dtype=torch.float64, backend="torch")
+    generic.load_state_dict(module.state_dict())
+    x = torch.randn(32, 16, 8, dtype=torch.float64)  # (32 * 16, 4 * 256) float64 = 4 MiB
+    results = []
+    for m in (module, generic):
+        xg = x.clone().requires_grad_()
+        out, (h, c) = m(xg)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        results.append([out, h, c, xg.grad, *(p.grad for p in m.parameters())])
+    assert len(calls) == 2  # both layers
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_equals_torch_nn_lstm():
     """SPEC 4: the vanilla cell gives torch.nn.LSTM's outputs and gradients."""
     torch.manual_seed(0)

@@ -16,15 +16,18 @@ def check_against_reference(module, x, lengths=None, dtype=torch.float64, hx=Tru
     """Run ``module`` (time-major) and the reference; compare outputs, states and every gradient."""
     directions = 2 if module.bidirectional else 1
     layers, batch = module.num_layers * directions, x.shape[1]
-    x = x.to(dtype).requires_grad_()
-    h0 = (0.5 * torch.randn(layers, batch, module.proj_size or module.hidden_size, dtype=dtype)).requires_grad_()
-    c0 = (0.5 * torch.randn(layers, batch, module.hidden_size, dtype=dtype)).requires_grad_()
+    device = next(module.parameters()).device
+    x = x.to(device, dtype).requires_grad_()
+    h0 = 0.5 * torch.randn(layers, batch, module.proj_size or module.hidden_size, dtype=dtype)
+    c0 = 0.5 * torch.randn(layers, batch, module.hidden_size, dtype=dtype)
+    h0, c0 = (t.to(device).requires_grad_() for t in (h0, c0))
     if not hx:  # the module's default zero state
         h0, c0 = (torch.zeros_like(t).requires_grad_() for t in (h0, c0))
     out, (h_n, c_n) = module(x, (h0, c0) if hx else None, lengths=lengths)
     g_out, g_h, g_c = (torch.randn_like(t) for t in (out, h_n, c_n))
     if lengths is not None:  # outputs past a length are constant zeros; give them no weight
-        g_out = g_out * (torch.arange(x.shape[0])[:, None] < torch.as_tensor(lengths))[..., None]
+        steps = torch.arange(x.shape[0], device=device)
+        g_out = g_out * (steps[:, None] < torch.as_tensor(lengths, device=device))[..., None]
     ((out * g_out).sum() + (h_n * g_h).sum() + (c_n * g_c).sum()).backward()
 
     ref_out, ref_h, ref_c, ref_grads = reference_lstm(module, x, h0, c0, lengths, g_out, g_h, g_c)

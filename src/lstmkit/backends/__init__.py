@@ -10,13 +10,19 @@ from collections.abc import Callable
 import torch
 
 from ..variant import Variant
-from . import cpu, torch_loop
+from . import cpu, torch_loop, triton_gpu
 
 Recurrence = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 # name -> recurrence. Fast backends register here; "torch" supports everything, everywhere.
-BACKENDS: dict[str, Recurrence] = {"torch": torch_loop.recurrence, "cpu": cpu.recurrence}
+BACKENDS: dict[str, Recurrence] = {
+    "torch": torch_loop.recurrence,
+    "cpu": cpu.recurrence,
+    "triton": triton_gpu.recurrence,
+}
 BACKEND_NAMES = ("auto", *BACKENDS)
+# recurrence -> its backend's input projection x W^T + b, where it has a faster one than F.linear.
+PROJECTIONS: dict[Recurrence, Callable[..., torch.Tensor]] = {cpu.recurrence: cpu.projection}
 
 
 def check_backend(name: str) -> str:
@@ -28,6 +34,14 @@ def check_backend(name: str) -> str:
 def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
     """The recurrence for backend ``name`` ("auto" chooses by device and variant)."""
     if name == "auto":
-        # The fused CPU kernel covers every variant; it is built at first use (needs a compiler).
+        # The fused kernels cover every variant. The CPU one is built at first use (needs a
+        # compiler); the Triton one needs the triton package (pip install 'lstmkit[gpu]').
+        if device.type == "cuda" and triton_gpu.available():
+            return BACKENDS["triton"]
         return BACKENDS["cpu" if device.type == "cpu" and cpu.available() else "torch"]
     return BACKENDS[name]
+
+
+def projection(recurrence: Recurrence) -> Callable[..., torch.Tensor]:
+    """The input projection that goes with ``recurrence`` (``F.linear`` unless its backend has its own)."""
+    return PROJECTIONS.get(recurrence, torch.nn.functional.linear)

@@ -1,10 +1,11 @@
 """The fused CPU backend: the whole time loop, forward and backward, in one C++ kernel.
 
-Per step the kernel does one recurrent matrix product (the platform BLAS that torch uses, or a
-register-blocked GEMV for batches of at most 4) and one fused element-wise pass over the gates
-(ATen's vectorised exp and tanh). Backward through time is hand-written (the same equations as
-:mod:`lstmkit.reference`); the weight gradients are one GEMM each over all steps. Float32 and
-float64, every option of :class:`~lstmkit.variant.Variant`, ``lengths`` and projections.
+Per step the kernel does one recurrent matrix product (its own GEMM, csrc/gemm.h, with the
+weights packed once per call) and one fused element-wise pass over the gates. Backward through
+time is hand-written (the same equations as :mod:`lstmkit.reference`); the weight gradients are
+one GEMM each over all steps; large input projections are written into huge pages
+(:func:`projection`). Float32 and float64, every option of :class:`~lstmkit.variant.Variant`,
+``lengths`` and projections.
 
 The kernel is compiled at first use (:mod:`.cpu_build`); without a compiler this backend warns
 once and runs :func:`lstmkit.backends.torch_loop.recurrence` instead. See docs/architecture.md.
@@ -79,6 +80,44 @@ class FusedRecurrence(torch.autograd.Function):
         )
         d_peephole = {"full": d_rec[:, p:], "diagonal": d_peep}.get(peephole)
         return d_x, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None, None, None, None, None
+
+
+class Projection(torch.autograd.Function):
+    """The input projection x W^T + b over all steps, (T, B, I) -> (T, B, 4H), for large outputs.
+
+    The same BLAS product as ``F.linear``, written into a buffer in huge pages (the kernel's
+    ``matmul``): a fresh 32 MB result costs about 8000 page faults otherwise (B=64, H=256:
+    forward 115 ms instead of 134, benchmarks/NOTES-cpu.md).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])  # (T*B, I)
+        ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, weight)
+        ctx.input_shape = x.shape
+        bias = x.new_empty(0) if bias is None else bias
+        return cpu_build.load().matmul(x2, weight.t(), bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x2, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])  # (T*B, 4H)
+        d_x = cpu_build.load().matmul(g, weight, g.new_empty(0)).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+        d_weight = g.t().mm(x2) if ctx.needs_input_grad[1] else None
+        d_bias = g.sum(0) if ctx.needs_input_grad[2] else None
+        return d_x, d_weight, d_bias
+
+
+LARGE = 4 << 20  # bytes from which the kernel's buffers are huge pages (csrc/lstm_cpu.cpp: empty_large)
+
+
+def projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; large results in huge pages where the kernel runs (:class:`Projection`)."""
+    large = x.numel() // max(x.shape[-1], 1) * weight.shape[0] * x.element_size() >= LARGE
+    if not large or x.device.type != "cpu" or x.dtype not in DTYPES or not available():
+        return torch.nn.functional.linear(x, weight, bias)
+    return Projection.apply(x, weight, bias)
 
 
 def recurrence(

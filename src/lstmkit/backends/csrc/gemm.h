@@ -57,6 +57,7 @@ template <typename T> struct Simd {
 #endif
 
 constexpr int MR = 4;           // rows of A per micro-kernel call
+constexpr int64_t MC = 64;      // rows of A per block (the time loop's products are one block)
 constexpr int64_t NR_VECS = 3;  // vectors per panel row: NR = 3 L columns
 
 // B (K, N) as ceil(N / NR) zero-padded panels of shape (K, NR).
@@ -70,23 +71,25 @@ struct Packed {
     const int64_t panels = (N + NR - 1) / NR;
     data = at::empty({panels, K, NR}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     data.zero_();
-    T* d = data.data_ptr<T>();
-    // Read src in memory order: along k when its rows are contiguous in k, else along n.
-    const bool k_inner = stride_k < stride_n;
-    const int64_t outer = k_inner ? N : K, inner = k_inner ? K : N;
-    for (int64_t i = 0; i < outer; ++i)
-      for (int64_t j = 0; j < inner; ++j) {
-        const int64_t n = k_inner ? i : j, k = k_inner ? j : i;
-        d[(n / NR * K + k) * NR + n % NR] = src[k * stride_k + n * stride_n];
-      }
+    for (int64_t p = 0; p < panels; ++p) {  // read src in memory order, along k or along n
+      const int64_t cols = std::min(NR, N - p * NR);
+      const T* s = src + p * NR * stride_n;
+      T* d = data.data_ptr<T>() + p * K * NR;
+      if (stride_k < stride_n)
+        for (int64_t j = 0; j < cols; ++j)
+          for (int64_t k = 0; k < K; ++k) d[k * NR + j] = s[j * stride_n + k * stride_k];
+      else
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < cols; ++j) d[k * NR + j] = s[k * stride_k + j * stride_n];
+    }
   }
   const T* panel(int64_t p) const { return data.data_ptr<T>() + p * K * NR; }
 };
 
 // C[0:R, 0:NR] = C0[0:R, 0:NR] (or 0 when C0 is null) + A[0:R, :] panel, for R <= MR rows.
 template <typename T, int R>
-inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0, T* C,
-                         int64_t ldc) {
+inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0,
+                         T* C, int64_t ldc) {
   using S = Simd<T>;
   typename S::V acc[R][NR_VECS];
   _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
@@ -106,8 +109,8 @@ inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, con
 }
 
 template <typename T>
-inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0,
-                       T* C, int64_t ldc) {
+inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T* panel, const T* C0,
+                       int64_t ldc0, T* C, int64_t ldc) {
   switch (rows) {
     case 4: return micro_kernel<T, 4>(K, A, lda, panel, C0, ldc0, C, ldc);
     case 3: return micro_kernel<T, 3>(K, A, lda, panel, C0, ldc0, C, ldc);
@@ -116,19 +119,24 @@ inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T
   }
 }
 
-// C (M, N; row stride ldc) = C0 (M, N; ldc0, or 0 when null) + A (M, K; row stride lda) @ B.
-// C0 may be C itself (accumulate). The last, partial panel goes through a small tile.
+// C (M, N; row stride ldc) = C0 (M, N; row stride ldc0, or 0 when null) + A (M, K; row
+// stride lda) @ B. C0 may be C itself (accumulate). The last, partial panel
+// goes through a small tile.
 template <typename T>
-void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, int64_t ldc0, T* C, int64_t ldc) {
+void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, int64_t ldc0, T* C,
+          int64_t ldc) {
   constexpr int64_t NR = Packed<T>::NR;
   const int64_t panels = (B.N + NR - 1) / NR, K = B.K;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, M * K * NR));
-  at::parallel_for(0, panels, grain, [&](int64_t first, int64_t last) {
+  // Blocks of MC rows of A (MC x K stays in L2) times every panel; blocks and panels are shared
+  // out to threads in that order.
+  const int64_t blocks = (M + MC - 1) / MC, work = blocks * panels;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, std::min(M, MC) * K * NR));
+  at::parallel_for(0, work, grain, [&](int64_t first, int64_t last) {
     T tile[MR * NR], tile0[MR * NR];
-    for (int64_t p = first; p < last; ++p) {
-      const int64_t n0 = p * NR, cols = std::min(NR, B.N - n0);
-      for (int64_t m = 0; m < M; m += MR) {
-        const int64_t rows = std::min<int64_t>(MR, M - m);
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t p = i % panels, n0 = p * NR, cols = std::min(NR, B.N - n0);
+      for (int64_t m = i / panels * MC, m_end = std::min(M, m + MC); m < m_end; m += MR) {
+        const int64_t rows = std::min<int64_t>(MR, m_end - m);
         if (cols == NR) {
           micro_rows<T>(rows, K, A + m * lda, lda, B.panel(p), C0 ? C0 + m * ldc0 + n0 : nullptr, ldc0,
                         C + m * ldc + n0, ldc);
