@@ -40,7 +40,7 @@ def build_command(compiler: str, output: Path) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
-        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", *_isa_flags(),
+        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", "-fno-trapping-math", *_isa_flags(),
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}", str(SOURCE),
         f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(output),
     ]

@@ -231,6 +231,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
       }
       activate<T>(o.act[2], o.alpha[2], o.beta[2], cn, hv.data(), hd.data(), H);
       T *dzi = dz, *dzf = dz + H, *dzz = dz + 2 * H, *dzo = dz + 3 * H;
+#pragma GCC ivdep  // the arrays do not overlap: vectorise without run-time alias checks
       for (int64_t j = 0; j < H; ++j) {
         dzo[j] = dab[j] * hv[j] * dout[j];
         T dct = dcb[j] + dab[j] * vo[j] * hd[j] + dzo[j] * pe[2 * H + j];  // dL/dc^t
