@@ -283,7 +283,7 @@ class LSTM(LSTMBase):
     def _run_layers(self, x, h0, c0, lengths):
         recurrence = backends.select(self.backend, x.device, self.variant)
         project = backends.projection(recurrence)
-        params = dict(self.named_parameters())
+        params = self._parameters  # this module's own, by name (no submodules)
         peephole = self.variant.peephole_parameter(self.hidden_size)  # (name, shape) or None
         h_n, c_n = [], []
         layer_input = x

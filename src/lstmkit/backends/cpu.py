@@ -46,6 +46,20 @@ def _codes(variant: Variant) -> tuple[list[int], list[float]]:
     return [int(f) for f in flags], params
 
 
+def _forward(x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
+    """The kernel's forward; returns its outputs and its weight and lengths arguments (w_rec, peep, w_hr, lens)."""
+    flags, params = _codes(variant)
+    empty = x_proj.new_empty(0)
+    full = variant.peephole == "full"
+    w_rec = torch.cat([weight_hh, peephole_weight], 1) if full else weight_hh.contiguous()  # (4H, K)
+    peep = peephole_weight.contiguous() if variant.peephole == "diagonal" else empty  # (3, H)
+    w_hr = empty if weight_hr is None else weight_hr.contiguous()  # (P, H)
+    lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
+    out = cpu_build.load().forward(x_proj.contiguous(), h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr, lens,
+                                   flags, params, reverse, train)
+    return out, (w_rec, peep, w_hr, lens)
+
+
 class FusedRecurrence(torch.autograd.Function):
     """One layer and direction through the kernel; backward through time by the kernel too.
 
@@ -54,19 +68,12 @@ class FusedRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
-        flags, params = _codes(variant)
-        empty = x_proj.new_empty(0)
-        full = variant.peephole == "full"
-        w_rec = torch.cat([weight_hh, peephole_weight], 1) if full else weight_hh.contiguous()  # (4H, K)
-        peep = peephole_weight.contiguous() if variant.peephole == "diagonal" else empty  # (3, H)
-        w_hr = empty if weight_hr is None else weight_hr.contiguous()  # (P, H)
-        lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
-        out = cpu_build.load().forward(x_proj.contiguous(), h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr,
-                                       lens, flags, params, reverse, train)
-        if train:  # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection)
-            ctx.save_for_backward(*out[3:], w_rec, peep, w_hr, lens)
-            ctx.setup = (flags, params, reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None)
+    def forward(ctx, x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse):
+        out, kernel_args = _forward(x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant,
+                                    reverse, train=True)
+        # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); weights
+        ctx.save_for_backward(*out[3:], *kernel_args)
+        ctx.setup = (*_codes(variant), reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None)
         return out[0], out[1], out[2]
 
     @staticmethod
@@ -79,7 +86,7 @@ class FusedRecurrence(torch.autograd.Function):
             w_rec, peep, w_hr, lens, flags, params, reverse,
         )
         d_peephole = {"full": d_rec[:, p:], "diagonal": d_peep}.get(peephole)
-        return d_x, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None, None, None, None, None
+        return d_x, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None, None, None, None
 
 
 class Projection(torch.autograd.Function):
@@ -141,5 +148,8 @@ def recurrence(
         return torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant, peephole_weight=peephole_weight,
                                      weight_hr=weight_hr, lengths=lengths, reverse=reverse)
     differentiable = (x_proj, h0, c0, weight_hh, peephole_weight, weight_hr)
-    train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
-    return FusedRecurrence.apply(*differentiable, lengths, variant, reverse, train)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
+        return FusedRecurrence.apply(*differentiable, lengths, variant, reverse)
+    # Nothing to differentiate: the kernel directly, saving nothing for backward.
+    y, h_n, c_n = _forward(*differentiable, lengths, variant, reverse, train=False)[0]
+    return y, h_n, c_n
