@@ -94,7 +94,11 @@ template <typename T, int R>
 inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0,
                          T* C, int64_t ldc) {
   using S = Simd<T>;
-  typename S::V acc[R][NR_VECS];
+  // With one row, the 3 accumulators would wait on the FMA latency (4 cycles) every k: two
+  // chains over even and odd k, summed at the end, let the loads set the pace (B=1, H=128:
+  // kernel forward 0.60 -> 0.53 ms for T=128).
+  constexpr int CH = R == 1 ? 2 : 1;
+  typename S::V acc[CH][R][NR_VECS];
   // C0 is added at the end: its rows (x_proj[t] in the time loop) often come from memory, so
   // they are prefetched now and arrive while the products run (B=64, H=512: forward kernel 231 -> 208 ms).
   if (C0)
@@ -102,23 +106,28 @@ inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, con
       __builtin_prefetch(C0 + r * ldc0);
       __builtin_prefetch(C0 + r * ldc0 + NR_VECS * S::L - 1);
     }
-  _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
-    _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) acc[r][v] = S::zero();
-  for (int64_t k = 0; k < K; ++k) {
+  _Pragma("GCC unroll 2") for (int c = 0; c < CH; ++c)
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
+      _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) acc[c][r][v] = S::zero();
+  const auto step = [&](int64_t k, typename S::V (&sum)[R][NR_VECS]) {
     const T* b = panel + k * NR_VECS * S::L;
     typename S::V bv[NR_VECS];
     _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) bv[v] = S::load(b + v * S::L);
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
       const typename S::V a = S::broadcast(A + r * lda + k);
-      _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) acc[r][v] = S::fma(a, bv[v], acc[r][v]);
+      _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) sum[r][v] = S::fma(a, bv[v], sum[r][v]);
     }
-  }
-  if (C0)
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
-      _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v)
-        acc[r][v] = S::add(acc[r][v], S::load(C0 + r * ldc0 + v * S::L));
+  };
+  int64_t k = 0;
+  for (; k + CH <= K; k += CH)
+    _Pragma("GCC unroll 2") for (int c = 0; c < CH; ++c) step(k + c, acc[c]);
+  for (; k < K; ++k) step(k, acc[0]);
   _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
-    _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) S::store(C + r * ldc + v * S::L, acc[r][v]);
+    _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) {
+      _Pragma("GCC unroll 2") for (int c = 1; c < CH; ++c) acc[0][r][v] = S::add(acc[0][r][v], acc[c][r][v]);
+      if (C0) acc[0][r][v] = S::add(acc[0][r][v], S::load(C0 + r * ldc0 + v * S::L));
+      S::store(C + r * ldc + v * S::L, acc[0][r][v]);
+    }
 }
 
 template <typename T>
