@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from datetime import datetime, timezone
@@ -148,15 +149,17 @@ def _contenders(batch, hidden, layers, bidirectional, args, use_ort):
 
 
 def _time(runs: dict, args) -> dict:
-    """Median milliseconds per run, measured round-robin over all contenders."""
+    """Milliseconds per run of every contender, all contenders once per round, in a new order each round."""
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for run in runs.values():
         for _ in range(args.warmup):
             run()
     samples = {key: [] for key in runs}
-    keys = list(runs)
-    for r in range(args.repeats):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:  # rotate who goes first
+    keys, order = list(runs), random.Random(0)
+    for _ in range(args.repeats):
+        # A new order each round: who runs before whom (and leaves the caches and the heap to the
+        # next) changes, so no contender always follows the same one.
+        for key in order.sample(keys, len(keys)):
             start = clock()
             runs[key]()
             samples[key].append((clock() - start) * 1e3)
