@@ -12,8 +12,8 @@ TOLERANCE = {
 
 
 def relative_error(actual, expected) -> float:
-    actual = torch.as_tensor(actual, dtype=torch.float64)
-    expected = torch.as_tensor(expected, dtype=torch.float64)
+    actual = torch.as_tensor(actual).detach().to("cpu", torch.float64)
+    expected = torch.as_tensor(expected).detach().to("cpu", torch.float64)
     scale = expected.norm().item()
     diff = (actual - expected).norm().item()
     return diff / scale if scale > 0 else diff

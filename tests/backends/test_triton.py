@@ -38,10 +38,11 @@ def test_the_kernels_run_where_expected():
     assert "TritonRecurrence" in type(out.grad_fn).__name__
 
 
-def test_auto_selects_triton_for_cuda_tensors():
+def test_triton_is_opt_in_until_run_on_a_gpu():
+    """backend="auto" keeps CUDA tensors on the generic backend; backend="triton" selects it."""
     variant = lstmkit.Variant.create(peephole="full")
-    assert backends.select("auto", torch.device("cuda"), variant) is triton_gpu.recurrence
-    assert backends.select("auto", torch.device("cpu"), variant) is not triton_gpu.recurrence
+    assert backends.select("auto", torch.device("cuda"), variant) is backends.BACKENDS["torch"]
+    assert backends.select("triton", torch.device("cuda"), variant) is triton_gpu.recurrence
 
 
 @pytest.mark.parametrize("peephole", [None, "diagonal", "full"])

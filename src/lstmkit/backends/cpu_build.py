@@ -47,11 +47,12 @@ def build_command(compiler: str, output: Path) -> list[str]:
 
 
 def library_path() -> Path:
-    """Where the built kernel lives: keyed by source, build command, torch version and machine."""
+    """Where the built kernel lives: keyed by source, compiler, build command, torch version and machine."""
     key = hashlib.sha256()
     for path in (SOURCE, *HEADERS):
         key.update(path.read_bytes())
-    key.update(" ".join([torch.__version__, platform.machine(), *build_command("", Path())]).encode())
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or ""
+    key.update(" ".join([torch.__version__, platform.machine(), *build_command(compiler, Path())]).encode())
     cache = Path(os.environ.get("LSTMKIT_CACHE", Path.home() / ".cache" / "lstmkit"))
     return cache / f"lstm_cpu-{key.hexdigest()[:16]}.so"
 
@@ -70,7 +71,7 @@ def _build(path: Path) -> None:
 
 
 def load():
-    """``torch.ops.lstmkit_cpu`` (ops ``forward`` and ``backward``), or None if it cannot be built."""
+    """``torch.ops.lstmkit_cpu`` (ops ``forward``, ``backward`` and ``matmul``), or None if it cannot be built."""
     if "ops" not in _state:
         try:
             path = library_path()

@@ -60,6 +60,7 @@ class Codes(NamedTuple):
     cell_clip: bool
 
 
+@lru_cache(maxsize=None)
 def available() -> bool:
     """True when triton is installed (whether a kernel compiles is known at its first launch)."""
     return importlib.util.find_spec("triton") is not None

@@ -3,8 +3,8 @@
 // lstm_cpu.cpp only.
 //
 // Why our own: per step the product is small (A is B x H, B x 4H out), where a BLAS call spends
-// more on dispatch and on re-reading B in its own layout than on arithmetic (MKL: 54-62 GFLOP/s
-// at M=16, K=256, N=1024 on one Zen 3 core; this kernel: 97). B is cut into panels of NR
+// more on dispatch and on re-reading B in its own layout than on arithmetic (one Zen 3 core at
+// M=16, K=256, N=1024: MKL 54 GFLOP/s, this kernel 97). B is cut into panels of NR
 // columns, each stored (K, NR) contiguously, so that the micro-kernel streams it with aligned
 // vector loads while up to MR rows of A are broadcast: MR x NR accumulators stay in registers
 // (4 x 3 AVX2 vectors = 12 of the 16 ymm registers). Panels are independent: with several
@@ -14,10 +14,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -73,7 +78,6 @@ struct Packed {
   Packed(const T* src, int64_t K_, int64_t N_, int64_t stride_k, int64_t stride_n) : K(K_), N(N_) {
     const int64_t panels = (N + NR - 1) / NR;
     data = at::empty({panels, K, NR}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-    data.zero_();
     for (int64_t p = 0; p < panels; ++p) {  // read src in memory order, along k or along n
       const int64_t cols = std::min(NR, N - p * NR);
       const T* s = src + p * NR * stride_n;
@@ -84,6 +88,7 @@ struct Packed {
       else
         for (int64_t k = 0; k < K; ++k)
           for (int64_t j = 0; j < cols; ++j) d[k * NR + j] = s[k * stride_k + j * stride_n];
+      for (int64_t k = 0; k < K && cols < NR; ++k) std::fill(d + k * NR + cols, d + (k + 1) * NR, T(0));  // padding
     }
   }
   const T* panel(int64_t p) const { return data.data_ptr<T>() + p * K * NR; }
@@ -154,7 +159,7 @@ void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, i
   const int64_t blocks = (M + MC - 1) / MC, work = blocks * panels;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, std::min(M, MC) * K * NR));
   at::parallel_for(0, work, grain, [&](int64_t first, int64_t last) {
-    T tile[MR * NR], tile0[MR * NR];
+    T tile[MR * NR], tile0[MR * NR] = {};  // tile0: columns past the last are read, never used
     for (int64_t i = first; i < last; ++i) {
       const int64_t p = i % panels, n0 = p * NR, cols = std::min(NR, B.N - n0);
       for (int64_t m = i / panels * MC, m_end = std::min(M, m + MC); m < m_end; m += MR) {
@@ -172,5 +177,34 @@ void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, i
     }
   });
 }
+
+// A product with a constant right-hand side B (K, N), used at every step of a call: packed for
+// gemm() when the call has enough steps to repay the packing and the CPU has the vector units
+// the micro-kernel is written for; otherwise the BLAS on B as it is (a one-step call, such as
+// LSTMCell's, would read and write the weights once more than it uses them).
+constexpr int64_t PACK_STEPS = 4;
+
+template <typename T>
+struct Product {
+  at::Tensor b;  // (K, N), any strides
+  std::optional<Packed<T>> packed;
+  Product(const at::Tensor& b_, int64_t steps) : b(b_) {
+    if (steps >= PACK_STEPS && Simd<T>::L > 1)
+      packed.emplace(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
+  }
+  // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + A (M, K; lda) @ B.
+  void operator()(int64_t M, const T* A, int64_t lda, const T* C0, int64_t ldc0, T* C, int64_t ldc) const {
+    if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, C, ldc);
+    const auto options = b.options();
+    const at::Tensor a = at::from_blob(const_cast<T*>(A), {M, b.size(0)}, {lda, 1}, options);
+    at::Tensor c = at::from_blob(C, {M, b.size(1)}, {ldc, 1}, options);
+    if (!C0) {
+      at::mm_out(c, a, b);
+      return;
+    }
+    if (C0 != C) c.copy_(at::from_blob(const_cast<T*>(C0), {M, b.size(1)}, {ldc0, 1}, options));
+    c.addmm_(a, b);
+  }
+};
 
 }  // namespace lstmkit

@@ -1,7 +1,8 @@
 // lstmkit's fused CPU recurrence: one layer, one direction, forward and backward through time.
 //
-// The time loop runs here, in C++: per step one recurrent matrix product (gemm.h, the weights
-// packed once per call) and one fused element-wise pass over the gates.
+// The time loop runs here, in C++: per step one recurrent matrix product (gemm.h: the weights
+// packed once per call, or the BLAS for calls of a few steps) and one fused element-wise pass
+// over the gates.
 // Lecture notation (SPEC section 1), gate order i, f, g(z), o in every (.., 4H) row:
 //     c^t = g(z) * f(z_i) + c^{t-1} * f(z_f)        h^t = h(c^t) * f(z_o)
 // The Python side (backends/cpu.py) wraps forward and backward in one autograd.Function.
@@ -102,16 +103,16 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
   }
   const Rows<T> x_proj_(x_proj), y_(y), hin_(hin), c_(c), zs_(zs), a_(a), c_new_(c_new), h_new_(h_new);
   const Rows<T> zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), hbuf_(hbuf), abuf_(abuf);
-  const Packed<T> rec(w_rec.data_ptr<T>(), K, G, 1, K);  // [R, Q]^T (K, G)
-  std::optional<Packed<T>> hr;
-  if (proj) hr.emplace(w_hr.data_ptr<T>(), H, P, 1, H);  // W_hr^T (H, P)
+  const Product<T> rec(w_rec.t(), T_);  // [R, Q]^T (K, G)
+  std::optional<Product<T>> hr;
+  if (proj) hr.emplace(w_hr.t(), T_);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
   const int64_t* len = lengths.numel() ? lengths.data_ptr<int64_t>() : nullptr;
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? T_ - 1 - s : s;
     // z = W x + b + R h^{t-1} (+ Q c^{t-1})    (B, 4H)
-    gemm<T>(B, hin_.data, K, rec, x_proj_[t], G, zs_.data, G);
+    rec(B, hin_.data, K, x_proj_[t], G, zs_.data, G);
     if (train) {
       std::memcpy(hbuf_[t], hin_.data, B * K * sizeof(T));
       std::memcpy(cprev_[t], c_.data, B * H * sizeof(T));
@@ -142,7 +143,7 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
       activate<T>(o.act[2], o.alpha[2], o.beta[2], cn, ab, nullptr, H);
       for (int64_t j = 0; j < H; ++j) ab[j] *= zo[j];  // a = h(c^t) f(z_o)
     }
-    if (proj) gemm<T>(B, a_.data, H, *hr, nullptr, 0, h_new_.data, P);  // h^t = W_hr a
+    if (proj) (*hr)(B, a_.data, H, nullptr, 0, h_new_.data, P);  // h^t = W_hr a
     T* yt = y_[t];
     for (int64_t b = 0; b < B; ++b) {
       T* yb = yt + b * P;
@@ -178,9 +179,9 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   Tensor dhtot = proj ? at::zeros({T_, B, P}, opt) : Tensor();
   Tensor dpeep = at::zeros({3, H}, opt);
   const Rows<T> dZ_(dZ), zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), dhtot_(dhtot);
-  const Packed<T> rec(w_rec.data_ptr<T>(), G, K, K, 1);  // [R, Q] (G, K)
-  std::optional<Packed<T>> hr;
-  if (proj) hr.emplace(w_hr.data_ptr<T>(), P, H, H, 1);  // W_hr (P, H)
+  const Product<T> rec(w_rec, T_);  // [R, Q] (G, K)
+  std::optional<Product<T>> hr;
+  if (proj) hr.emplace(w_hr, T_);  // W_hr (P, H)
   // Absent options become neutral constants, so that the per-element loop has no branches.
   std::vector<T> no_peep(3 * H, T(0)), val(G), der(G), hv(H), hd(H);
   const T* pe = o.diag ? peep.data_ptr<T>() : no_peep.data();
@@ -199,7 +200,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
     if (proj) {
       for (int64_t b = 0; b < B; ++b)
         if (!(len && t >= len[b])) std::memcpy(dhtot_[t] + b * P, dht_p + b * P, P * sizeof(T));
-      gemm<T>(B, dht_p, P, *hr, nullptr, 0, da_p, H);  // dL/da = W_hr^T dh
+      (*hr)(B, dht_p, P, nullptr, 0, da_p, H);  // dL/da = W_hr^T dh
     }
     for (int64_t b = 0; b < B; ++b) {
       T* dz = dZ_[t] + b * G;
@@ -243,7 +244,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
         dp[j] += dzi[j] * cp[j], dp[H + j] += dzf[j] * cp[j], dp[2 * H + j] += dzo[j] * cn[j];
       }
     }
-    gemm<T>(B, dZ_[t], G, rec, nullptr, 0, dhin_p, K);  // dL/d[h^{t-1}, c^{t-1}] = [R, Q]^T dz
+    rec(B, dZ_[t], G, nullptr, 0, dhin_p, K);  // dL/d[h^{t-1}, c^{t-1}] = [R, Q]^T dz
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;  // an idle step passes dh, dc through unchanged
       std::memcpy(dh_p + b * P, dhin_p + b * K, P * sizeof(T));
