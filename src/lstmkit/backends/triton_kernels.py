@@ -259,6 +259,18 @@ def _step(s, T, B, rows, REVERSE: tl.constexpr):
     return t, t * B + rows, slot_in * B + rows, slot_out * B + rows
 
 
+@triton.jit
+def _program_rows(len_ptr, prm_ptr, B, BLOCK_B: tl.constexpr):
+    """This program's (BB,) batch rows (int64), which of them exist, their lengths, and the Params."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows = rows.to(tl.int64)
+    length = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    prm = Params(tl.load(prm_ptr), tl.load(prm_ptr + 1), tl.load(prm_ptr + 2), tl.load(prm_ptr + 3),
+                 tl.load(prm_ptr + 4), tl.load(prm_ptr + 5), tl.load(prm_ptr + 6), tl.load(prm_ptr + 7))
+    return rows, row_ok, length, prm
+
+
 # ------------------------------------------------------------------ kernels
 
 
@@ -282,12 +294,7 @@ def lstm_forward(
 ):
     ACC: tl.constexpr = hs_ptr.dtype.element_ty
     G = 4 * H
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    rows = rows.to(tl.int64)
-    length = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    prm = Params(tl.load(prm_ptr), tl.load(prm_ptr + 1), tl.load(prm_ptr + 2), tl.load(prm_ptr + 3),
-                 tl.load(prm_ptr + 4), tl.load(prm_ptr + 5), tl.load(prm_ptr + 6), tl.load(prm_ptr + 7))
+    rows, row_ok, length, prm = _program_rows(len_ptr, prm_ptr, B, BLOCK_B)
     for s in range(T):
         t, at_t, at_in, at_out = _step(s, T, B, rows, REVERSE)
         valid = row_ok & (t < length)  # (BB,) steps past a length carry the state on
@@ -355,12 +362,7 @@ def lstm_backward(
 ):
     ACC: tl.constexpr = dh_ptr.dtype.element_ty
     G = 4 * H
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    rows = rows.to(tl.int64)
-    length = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    prm = Params(tl.load(prm_ptr), tl.load(prm_ptr + 1), tl.load(prm_ptr + 2), tl.load(prm_ptr + 3),
-                 tl.load(prm_ptr + 4), tl.load(prm_ptr + 5), tl.load(prm_ptr + 6), tl.load(prm_ptr + 7))
+    rows, row_ok, length, prm = _program_rows(len_ptr, prm_ptr, B, BLOCK_B)
     for s in range(T):
         t, at_t, at_in, at_out = _step(T - 1 - s, T, B, rows, REVERSE)  # forward's steps, last first
         valid = row_ok & (t < length)
