@@ -144,6 +144,16 @@ def test_large_projection_in_huge_pages(monkeypatch, dtype, options):
         assert_close(actual, expected, tol)
 
 
+def test_large_projection_under_autocast_is_f_linear(monkeypatch):
+    """Under CPU autocast the projection is F.linear at every size, so it is cast the same way."""
+    monkeypatch.setattr(cpu.Projection, "apply", lambda *args: pytest.fail("Projection under autocast"))
+    x, weight = torch.randn(64, 16, 8), torch.randn(1024, 8)  # (64 * 16, 1024) float32 = 4 MiB
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cpu.projection(x, weight, None)
+        expected = torch.nn.functional.linear(x, weight)
+    assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
 def test_equals_torch_nn_lstm():
     """SPEC 4: the vanilla cell gives torch.nn.LSTM's outputs and gradients."""
     torch.manual_seed(0)

@@ -122,7 +122,8 @@ LARGE = 4 << 20  # bytes from which the kernel's buffers are huge pages (csrc/ls
 def projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; large results in huge pages where the kernel runs (:class:`Projection`)."""
     large = x.numel() // max(x.shape[-1], 1) * weight.shape[0] * x.element_size() >= LARGE
-    if not large or x.device.type != "cpu" or x.dtype not in DTYPES or not available():
+    autocast = torch.is_autocast_enabled("cpu")  # F.linear is what autocast casts, at any size
+    if not large or autocast or x.device.type != "cpu" or x.dtype not in DTYPES or not available():
         return torch.nn.functional.linear(x, weight, bias)
     return Projection.apply(x, weight, bias)
 
