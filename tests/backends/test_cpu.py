@@ -73,6 +73,14 @@ def test_gemm_tiles_and_tails(options, batch, steps, dtype):
     check_against_reference(module, torch.randn(steps, batch, 11), lengths=lengths, dtype=dtype)
 
 
+@pytest.mark.parametrize("options", OPTIONS[:3])
+def test_one_row_against_large_weights(options):
+    """B = 1 with recurrent weights of 2 MiB and more: the forward reads them unpacked (gemv).
+    H = 257: K = 257 is not a multiple of the vector width, N = 1028 not of the 8 rows."""
+    module = lstmkit.LSTM(3, 257, dtype=torch.float64, backend="cpu", **options)
+    check_against_reference(module, torch.randn(6, 1, 3), dtype=torch.float64)
+
+
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])
 def test_threads_share_out_panels(batch, options):
     """With two threads the (row block, panel) pieces of each product are shared out: the forward

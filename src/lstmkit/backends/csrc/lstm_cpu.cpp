@@ -103,9 +103,9 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
   }
   const Rows<T> x_proj_(x_proj), y_(y), hin_(hin), c_(c), zs_(zs), a_(a), c_new_(c_new), h_new_(h_new);
   const Rows<T> zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), hbuf_(hbuf), abuf_(abuf);
-  const Product<T> rec(w_rec.t(), T_);  // [R, Q]^T (K, G)
+  const Product<T> rec(w_rec.t(), T_, B);  // [R, Q]^T (K, G)
   std::optional<Product<T>> hr;
-  if (proj) hr.emplace(w_hr.t(), T_);  // W_hr^T (H, P)
+  if (proj) hr.emplace(w_hr.t(), T_, B);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
   const int64_t* len = lengths.numel() ? lengths.data_ptr<int64_t>() : nullptr;
 
@@ -179,9 +179,9 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   Tensor dhtot = proj ? at::zeros({T_, B, P}, opt) : Tensor();
   Tensor dpeep = at::zeros({3, H}, opt);
   const Rows<T> dZ_(dZ), zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), dhtot_(dhtot);
-  const Product<T> rec(w_rec, T_);  // [R, Q] (G, K)
+  const Product<T> rec(w_rec, T_, B);  // [R, Q] (G, K)
   std::optional<Product<T>> hr;
-  if (proj) hr.emplace(w_hr, T_);  // W_hr (P, H)
+  if (proj) hr.emplace(w_hr, T_, B);  // W_hr (P, H)
   // Absent options become neutral constants, so that the per-element loop has no branches.
   std::vector<T> no_peep(3 * H, T(0)), val(G), der(G), hv(H), hd(H);
   const T* pe = o.diag ? peep.data_ptr<T>() : no_peep.data();
