@@ -1,5 +1,6 @@
 // lstmkit's fused CPU kernel, the matrix products of the time loop: C = C0 + A B with the
-// constant right-hand side B (the recurrent weights) packed once per call. Included by
+// constant right-hand side B (the recurrent weights), packed once per call for gemm(); Product
+// (at the end) picks between that, an unpacked gemv() at B=1 and the BLAS. Included by
 // lstm_cpu.cpp only.
 //
 // Why our own: per step the product is small (A is B x H, B x 4H out), where a BLAS call spends
@@ -16,8 +17,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>

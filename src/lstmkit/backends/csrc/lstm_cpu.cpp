@@ -1,8 +1,8 @@
 // lstmkit's fused CPU recurrence: one layer, one direction, forward and backward through time.
 //
-// The time loop runs here, in C++: per step one recurrent matrix product (gemm.h: the weights
-// packed once per call, or the BLAS for calls of a few steps) and one fused element-wise pass
-// over the gates.
+// The time loop runs here, in C++: per step one recurrent matrix product (gemm.h's Product: the
+// weights packed once per call, read unpacked at B=1, or the BLAS for calls of a few steps) and
+// one fused element-wise pass over the gates.
 // Lecture notation (SPEC section 1), gate order i, f, g(z), o in every (.., 4H) row:
 //     c^t = g(z) * f(z_i) + c^{t-1} * f(z_f)        h^t = h(c^t) * f(z_o)
 // The Python side (backends/cpu.py) wraps forward and backward in one autograd.Function.
