@@ -62,14 +62,16 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("steps", [3, 9])  # the BLAS (too few steps to repay packing), csrc/gemm.h
-@pytest.mark.parametrize("batch", [1, 6, 7])  # 1 row; 4 + 2 and 4 + 3 rows of the 4-row micro-kernel
+@pytest.mark.parametrize("batch", [1, 6, 7, 11])  # rows of the micro-kernel: AVX2 4 + 2, 4 + 3; AVX-512 6, 7, 8 + 3
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gemm_tiles_and_tails(options, batch, steps, dtype):
-    """H = 19: 4H = 76 columns are 3 full panels of 24 floats (6 of 12 doubles) and a tail of 4;
-    K = 19 (or 38 with full peepholes, 7 with a projection) is odd for the one-row kernel's chains."""
+    """H = 19: 4H = 76 columns are full panels (AVX2: 3 of 24 floats, 6 of 12 doubles; AVX-512: 2 of
+    32 floats, 4 of 16 doubles) and a tail (4; 12); H = 19 cells are 1 or 2 vectors and a partial one
+    in the fused gate pass. K = 19 (or 38 with full peepholes, 7 with a projection) is odd for the
+    one-row kernel's chains."""
     module = lstmkit.LSTM(11, 19, dtype=dtype, backend="cpu", bidirectional=True, **options)
-    lengths = None if batch == 1 else [steps, 0, 2, steps, 1, steps - 1, 3][:batch]
+    lengths = None if batch == 1 else [steps, 0, 2, steps, 1, steps - 1, 3, 1, steps, 2, steps][:batch]
     check_against_reference(module, torch.randn(steps, batch, 11), lengths=lengths, dtype=dtype)
 
 
@@ -160,6 +162,71 @@ def test_large_projection_under_autocast_is_f_linear(monkeypatch):
         out = cpu.projection(x, weight, None)
         expected = torch.nn.functional.linear(x, weight)
     assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+def test_float32_gates_over_their_range():
+    """The float32 sigmoid and tanh of the fused gate pass (rational functions, csrc/lstm_math.h)
+    against float64, for gate inputs from -30 to 30: z = x (W_ih = identity, no recurrent or bias
+    term), so c^t = tanh(z_g) sigmoid(z_i) + c^{t-1} sigmoid(z_f), h^t = tanh(c^t) sigmoid(z_o)."""
+    hidden, steps = 37, 5  # 37 cells: whole vectors and a partial one
+    module = lstmkit.LSTM(4 * hidden, hidden, backend="cpu", bias=False)
+    with torch.no_grad():
+        module.weight_ih_l0.copy_(torch.eye(4 * hidden))
+        module.weight_hh_l0.zero_()
+    z = torch.linspace(-30, 30, steps * 2001 * 4 * hidden).reshape(steps, 2001, 4 * hidden)
+    z = z[..., torch.randperm(4 * hidden)]  # every gate sees the whole range
+    with torch.no_grad():
+        out, (_, c) = module(z)
+    z64 = z.double()
+    zi, zf, zg, zo = z64.chunk(4, dim=-1)
+    c_run = torch.zeros_like(zg[0])
+    hs = []
+    for t in range(steps):
+        c_run = torch.tanh(zg[t]) * torch.sigmoid(zi[t]) + c_run * torch.sigmoid(zf[t])
+        hs.append(torch.tanh(c_run) * torch.sigmoid(zo[t]))
+    assert (out.double() - torch.stack(hs)).abs().max() < 2e-6
+    assert (c[0].double() - c_run).abs().max() < 2e-6
+    assert out.abs().max() <= 1
+
+
+def test_large_buffers_are_reused_only_when_free():
+    """The kernel's pool of large buffers: a result still held is never handed out again; a freed
+    one is, with correct results; release_memory() empties the pool."""
+    module = lstmkit.LSTM(8, 256, backend="cpu")  # y: (T, 16, 256) float32 = 4 MiB at T = 256
+    x1, x2 = torch.randn(256, 16, 8), torch.randn(256, 16, 8)
+    with torch.no_grad():
+        out1 = module(x1)[0]
+        kept = out1.clone()
+        out2 = module(x2)[0]
+        assert out1.data_ptr() != out2.data_ptr() and torch.equal(out1, kept)
+        del out1
+        again = module(x1)[0]
+    assert torch.equal(again, kept)
+    expected = lstmkit.LSTM(8, 256, backend="torch")
+    expected.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        assert_close(out2, expected(x2)[0], 1e-5)
+    cpu.release_memory()
+    with torch.no_grad():
+        assert torch.equal(module(x1)[0], kept)
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+def test_other_instruction_sets(isa, tmp_path):
+    """The kernel built for each instruction set this CPU runs (csrc/simd.h; $LSTMKIT_CPU_ISA) passes
+    the tile, one-row, thread and float32 tests of this file, in a fresh process and kernel cache."""
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    needed = {"portable": set(), "avx2": {"avx2", "fma"}, "avx512": {"avx2", "fma", "avx512f"}}[isa]
+    if not needed <= flags:
+        pytest.skip(f"this CPU has no {isa}")
+    env = dict(os.environ, LSTMKIT_CPU_ISA=isa, LSTMKIT_CACHE=str(tmp_path))
+    selection = "tiles_and_tails or one_row or threads or float32_gates or reused"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "\n104 passed" in result.stdout and len(list(tmp_path.glob("lstm_cpu-*.so"))) == 1, repr(result.stdout[-300:])
 
 
 def test_equals_torch_nn_lstm():

@@ -35,6 +35,13 @@ def available() -> bool:
     return cpu_build.load() is not None
 
 
+def release_memory() -> None:
+    """Free the kernel's pool of large buffers (up to 256 MiB of freed (T, B, ..) buffers kept for
+    reuse: fresh pages cost the kernel zeroing them, csrc/lstm_cpu.cpp: empty_large)."""
+    if available():
+        cpu_build.load().release_memory()
+
+
 @lru_cache(maxsize=None)
 def _codes(variant: Variant) -> tuple[list[int], list[float]]:
     """The variant as the kernel's (flags, params) lists (csrc/lstm_cpu.cpp: Opts)."""

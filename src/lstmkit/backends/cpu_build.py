@@ -21,26 +21,35 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "lstm_cpu.cpp"
-HEADERS = [Path(__file__).parent / "csrc" / name for name in ("gemm.h", "lstm_math.h")]
+HEADERS = [Path(__file__).parent / "csrc" / name for name in ("gemm.h", "lstm_math.h", "simd.h")]
 _state: dict = {}
 
 
-def _isa_flags() -> list[str]:
-    """AVX2 + FMA where the CPU has them (the vectorised exp), else portable code."""
+ISA_FLAGS = {"avx512": ["-mavx2", "-mfma", "-mavx512f"], "avx2": ["-mavx2", "-mfma"], "portable": []}
+
+
+def isa() -> str:
+    """The instruction set the kernel is built for (csrc/simd.h): ``$LSTMKIT_CPU_ISA`` if set, else
+    the widest of avx512, avx2 (with FMA) the CPU has, else portable C++."""
+    chosen = os.environ.get("LSTMKIT_CPU_ISA", "")
+    if chosen:
+        if chosen not in ISA_FLAGS:
+            raise ValueError(f"LSTMKIT_CPU_ISA must be one of {', '.join(ISA_FLAGS)}, got {chosen!r}")
+        return chosen
     try:
         cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         cpu_flags = set()
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= cpu_flags:
-        return ["-mavx2", "-mfma"]
-    return []
+    if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= cpu_flags:
+        return "portable"
+    return "avx512" if "avx512f" in cpu_flags else "avx2"
 
 
 def build_command(compiler: str, output: Path) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
-        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", "-fno-trapping-math", *_isa_flags(),
+        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", "-fno-trapping-math", *ISA_FLAGS[isa()],
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}", str(SOURCE),
         f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(output),
     ]

@@ -22,60 +22,20 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
+
+#include "simd.h"
 
 namespace lstmkit {
 
-#ifdef __AVX2__
-template <typename T> struct Simd;
-template <> struct Simd<float> {
-  using V = __m256;
-  static constexpr int64_t L = 8;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static float sum(V a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
-  }
-};
-template <> struct Simd<double> {
-  using V = __m256d;
-  static constexpr int64_t L = 4;
-  static V zero() { return _mm256_setzero_pd(); }
-  static V load(const double* p) { return _mm256_loadu_pd(p); }
-  static V broadcast(const double* p) { return _mm256_broadcast_sd(p); }
-  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static double sum(V a) {
-    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-    return _mm_cvtsd_f64(_mm_hadd_pd(s, s));
-  }
-};
-#else  // portable: one lane, the same code
-template <typename T> struct Simd {
-  using V = T;
-  static constexpr int64_t L = 1;
-  static V zero() { return T(0); }
-  static V load(const T* p) { return *p; }
-  static V broadcast(const T* p) { return *p; }
-  static void store(T* p, V v) { *p = v; }
-  static V fma(V a, V b, V c) { return a * b + c; }
-  static V add(V a, V b) { return a + b; }
-  static T sum(V a) { return a; }
-};
-#endif
 
-constexpr int MR = 4;           // rows of A per micro-kernel call
+#ifdef __AVX512F__
+constexpr int MR = 8;           // rows of A per micro-kernel call: 8 x 2 accumulators of the 32 zmm registers
+constexpr int64_t NR_VECS = 2;  // vectors per panel row: NR = 2 L columns (32 floats: 4H in whole panels)
+#else
+constexpr int MR = 4;           // 4 x 3 accumulators of the 16 ymm registers
+constexpr int64_t NR_VECS = 3;  // NR = 3 L columns
+#endif
 constexpr int64_t MC = 64;      // rows of A per block (the time loop's products are one block)
-constexpr int64_t NR_VECS = 3;  // vectors per panel row: NR = 3 L columns
 
 // B (K, N) as ceil(N / NR) zero-padded panels of shape (K, NR).
 template <typename T>
@@ -108,51 +68,49 @@ template <typename T, int R>
 inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0,
                          T* C, int64_t ldc) {
   using S = Simd<T>;
-  // With one row, the 3 accumulators would wait on the FMA latency (4 cycles) every k: two
-  // chains over even and odd k, summed at the end, let the loads set the pace (B=1, H=128:
-  // kernel forward 0.60 -> 0.53 ms for T=128).
-  constexpr int CH = R == 1 ? 2 : 1;
+  // With one row, the NR_VECS accumulators would wait on the FMA latency (4 cycles) every k: CH
+  // chains over interleaved k, summed at the end, let the loads set the pace (AVX2, B=1, H=128:
+  // kernel forward 0.60 -> 0.53 ms for T=128 with two chains).
+  constexpr int CH = R * NR_VECS >= 6 ? 1 : R * NR_VECS >= 3 ? 2 : 4;
   typename S::V acc[CH][R][NR_VECS];
   // C0 is added at the end: its rows (x_proj[t] in the time loop) often come from memory, so
   // they are prefetched now and arrive while the products run (B=64, H=512: forward kernel 231 -> 208 ms).
   if (C0)
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       __builtin_prefetch(C0 + r * ldc0);
       __builtin_prefetch(C0 + r * ldc0 + NR_VECS * S::L - 1);
     }
-  _Pragma("GCC unroll 2") for (int c = 0; c < CH; ++c)
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
-      _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) acc[c][r][v] = S::zero();
+  _Pragma("GCC unroll 4") for (int c = 0; c < CH; ++c)
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+      _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) acc[c][r][v] = S::zero();
   const auto step = [&](int64_t k, typename S::V (&sum)[R][NR_VECS]) {
     const T* b = panel + k * NR_VECS * S::L;
     typename S::V bv[NR_VECS];
-    _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) bv[v] = S::load(b + v * S::L);
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+    _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) bv[v] = S::load(b + v * S::L);
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       const typename S::V a = S::broadcast(A + r * lda + k);
-      _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) sum[r][v] = S::fma(a, bv[v], sum[r][v]);
+      _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) sum[r][v] = S::fma(a, bv[v], sum[r][v]);
     }
   };
   int64_t k = 0;
   for (; k + CH <= K; k += CH)
-    _Pragma("GCC unroll 2") for (int c = 0; c < CH; ++c) step(k + c, acc[c]);
+    _Pragma("GCC unroll 4") for (int c = 0; c < CH; ++c) step(k + c, acc[c]);
   for (; k < K; ++k) step(k, acc[0]);
-  _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
-    _Pragma("GCC unroll 3") for (int v = 0; v < NR_VECS; ++v) {
-      _Pragma("GCC unroll 2") for (int c = 1; c < CH; ++c) acc[0][r][v] = S::add(acc[0][r][v], acc[c][r][v]);
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) {
+      _Pragma("GCC unroll 4") for (int c = 1; c < CH; ++c) acc[0][r][v] = S::add(acc[0][r][v], acc[c][r][v]);
       if (C0) acc[0][r][v] = S::add(acc[0][r][v], S::load(C0 + r * ldc0 + v * S::L));
       S::store(C + r * ldc + v * S::L, acc[0][r][v]);
     }
 }
 
-template <typename T>
+// micro_kernel<T, rows> for 1 <= rows <= MR.
+template <typename T, int R = MR>
 inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T* panel, const T* C0,
                        int64_t ldc0, T* C, int64_t ldc) {
-  switch (rows) {
-    case 4: return micro_kernel<T, 4>(K, A, lda, panel, C0, ldc0, C, ldc);
-    case 3: return micro_kernel<T, 3>(K, A, lda, panel, C0, ldc0, C, ldc);
-    case 2: return micro_kernel<T, 2>(K, A, lda, panel, C0, ldc0, C, ldc);
-    default: return micro_kernel<T, 1>(K, A, lda, panel, C0, ldc0, C, ldc);
-  }
+  if constexpr (R > 1)
+    if (rows < R) return micro_rows<T, R - 1>(rows, K, A, lda, panel, C0, ldc0, C, ldc);
+  micro_kernel<T, R>(K, A, lda, panel, C0, ldc0, C, ldc);
 }
 
 // C (M, N; row stride ldc) = C0 (M, N; row stride ldc0, or 0 when null) + A (M, K; row

@@ -20,6 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <optional>
 
 #include "gemm.h"
@@ -39,28 +41,68 @@ struct Opts {
   // With sigmoid/tanh gates and no clip, training saves the gate values f(z_i), f(z_f), g(z),
   // f(z_o) (their derivatives follow from the values); otherwise the gate inputs.
   bool saves_values;
+  bool fused;  // sigmoid gates, tanh for g and h, no clip: fused_gates()
   Opts(at::IntArrayRef flags, at::ArrayRef<double> params) {
     for (int k = 0; k < 3; ++k) act[k] = flags[k], alpha[k] = params[2 * k], beta[k] = params[2 * k + 1];
     has_i = flags[3], has_f = flags[4], has_o = flags[5], coupled = flags[6];
     diag = flags[7] == 1, full = flags[7] == 2;
     clip = params[6], cell_clip = params[7];
     saves_values = clip == 0 && act[0] <= 1 && act[1] <= 1;
+    fused = clip == 0 && act[0] == 0 && act[1] == 1 && act[2] == 1;
   }
 };
 
-// A fresh tensor for the (T, B, ..) buffers: at 4 MiB and more in transparent huge pages
-// (madvise), so that first touching it costs one page fault per 2 MiB, not per 4 KiB. Page faults
-// dominated the training forward otherwise (B=16, H=128: 90 µs per step instead of 44).
+// A tensor for the (T, B, ..) buffers: at 4 MiB and more in transparent huge pages (madvise), so
+// that first touching it costs one page fault per 2 MiB, not per 4 KiB (page faults dominated the
+// training forward otherwise: B=16, H=128, 90 µs per step instead of 44). Freed blocks go back to
+// a pool of up to POOL_BYTES and are handed out again: the kernel zeroes every fresh page, which
+// for a 16 MB projection costs as much as a fifth of the product (B=64, H=128: 6.8 ms fresh, 5.7 reused).
+constexpr size_t HUGE_PAGE = size_t(2) << 20, POOL_BYTES = size_t(256) << 20;
+struct Pool {
+  std::mutex lock;
+  std::multimap<size_t, void*> blocks;  // free blocks by size
+  size_t bytes = 0;
+  void* take(size_t& size) {  // a free block of size .. 2 size (size becomes its size), or null
+    std::lock_guard<std::mutex> guard(lock);
+    auto it = blocks.lower_bound(size);
+    if (it == blocks.end() || it->first > 2 * size) return nullptr;
+    void* data = it->second;
+    size = it->first, bytes -= size, blocks.erase(it);
+    return data;
+  }
+  void give(void* data, size_t size) {
+    {
+      std::lock_guard<std::mutex> guard(lock);
+      if (bytes + size <= POOL_BYTES) return bytes += size, void(blocks.emplace(size, data));
+    }
+    std::free(data);
+  }
+  void release() {
+    std::lock_guard<std::mutex> guard(lock);
+    for (auto& block : blocks) std::free(block.second);
+    blocks.clear(), bytes = 0;
+  }
+};
+Pool& pool() {
+  static Pool* p = new Pool;  // never destroyed: tensors may be freed after static destructors ran
+  return *p;
+}
+
 Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  constexpr size_t huge = size_t(2) << 20;
   size_t bytes = options.dtype().itemsize();
   for (int64_t s : sizes) bytes *= size_t(s);
-  void* data = nullptr;
-  if (bytes < 2 * huge || posix_memalign(&data, huge, (bytes + huge - 1) / huge * huge) != 0)
-    return at::empty(sizes, options);
-  madvise(data, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
-  return at::from_blob(data, sizes, [](void* p) { std::free(p); }, options);
+  if (bytes < 2 * HUGE_PAGE) return at::empty(sizes, options);
+  size_t size = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+  void* data = pool().take(size);
+  if (!data) {
+    if (posix_memalign(&data, HUGE_PAGE, size) != 0) return at::empty(sizes, options);
+    madvise(data, size, MADV_HUGEPAGE);
+  }
+  return at::from_blob(data, sizes, [size](void* p) { pool().give(p, size); }, options);
 }
+
+// Frees the pooled blocks (lstmkit.backends.cpu.release_memory).
+void release_memory() { pool().release(); }
 
 // Row i of a tensor's first dimension, without ATen's checks inside the time loop.
 template <typename T>
@@ -73,14 +115,55 @@ struct Rows {
   T* operator[](int64_t i) const { return data + i * stride; }
 };
 
-// (M, N) = bias (N,; repeated over rows, none when empty) + a (M, K) @ b (K, N), by the BLAS into
-// a huge-page buffer (empty_large): a fresh 32 MB result costs ~8000 page faults otherwise.
+// (M, N) = bias (N,; repeated over rows, none when empty) + a (M, K) @ b (K, N) into a huge-page
+// buffer (empty_large): a fresh 32 MB result costs ~8000 page faults otherwise. By gemm.h when b
+// packed stays in L2 and there are rows enough to repay the packing (the bias is its C0 row,
+// read with stride 0; AVX-512, B=64 H=128: 5.5 ms against MKL's 5.9), else by the BLAS.
+constexpr int64_t OWN_MATMUL_ROWS = 4 * MC, OWN_MATMUL_BYTES = int64_t(512) << 10;
+template <typename T>
+void own_matmul(const Tensor& a, const Tensor& b, const Tensor& bias, Tensor& out) {
+  const Packed<T> packed(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
+  gemm<T>(a.size(0), a.data_ptr<T>(), a.stride(0), packed, bias.numel() ? bias.data_ptr<T>() : nullptr, 0,
+          out.data_ptr<T>(), out.stride(0));
+}
 Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias) {
   Tensor out = empty_large({a.size(0), b.size(1)}, a.options());
-  return bias.numel() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
+  const bool own = Simd<float>::L > 1 && a.size(0) >= OWN_MATMUL_ROWS && a.stride(1) == 1 &&
+                   b.numel() * int64_t(a.element_size()) <= OWN_MATMUL_BYTES && (!bias.numel() || bias.is_contiguous());
+  if (!own) return bias.numel() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
+  if (a.scalar_type() == at::kDouble) own_matmul<double>(a, b, bias, out); else own_matmul<float>(a, b, bias, out);
+  return out;
 }
 
 // ---------------------------------------------------------------- forward
+// One row's gates in a single sweep over vectors of cells, for Opts::fused variants (the same
+// math as the general pass in forward_impl): z (4H) and c^{t-1} in, c^t and a = h(c^t) f(z_o)
+// out, and the gate values f(z_i), f(z_f), g(z), f(z_o) into saved (4H) when training.
+template <typename T>
+void fused_gates(const Opts& o, int64_t H, const T* z, const T* cp, const T* pe, T* cn, T* a, T* saved) {
+  using S = Simd<T>;
+  const auto one = S::set(T(1)), clip = S::set(T(o.cell_clip));
+  for (int64_t j = 0; j < H; j += S::L) {
+    const int64_t n = std::min(S::L, H - j);
+    const auto c_prev = S::load_n(cp + j, n);
+    auto zi = S::load_n(z + j, n), zf = S::load_n(z + H + j, n), zo = S::load_n(z + 3 * H + j, n);
+    if (pe) zi = S::fma(S::load_n(pe + j, n), c_prev, zi), zf = S::fma(S::load_n(pe + H + j, n), c_prev, zf);
+    const auto vi = o.has_i ? vsigmoid<T>(zi) : one;
+    const auto vf = o.coupled ? S::sub(one, vi) : o.has_f ? vsigmoid<T>(zf) : one;
+    const auto vz = vtanh<T>(S::load_n(z + 2 * H + j, n));
+    auto c = S::fma(vz, vi, S::mul(c_prev, vf));  // c^t
+    if (o.cell_clip > 0) c = S::min(S::max(c, S::sub(S::zero(), clip)), clip);
+    if (pe) zo = S::fma(S::load_n(pe + 2 * H + j, n), c, zo);  // z_o peeks at c^t
+    const auto vo = o.has_o ? vsigmoid<T>(zo) : one;
+    S::store_n(cn + j, c, n);
+    S::store_n(a + j, S::mul(vtanh<T>(c), vo), n);
+    if (saved) {
+      S::store_n(saved + j, vi, n), S::store_n(saved + H + j, vf, n);
+      S::store_n(saved + 2 * H + j, vz, n), S::store_n(saved + 3 * H + j, vo, n);
+    }
+  }
+}
+
 template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const Tensor& c0, const Tensor& w_rec,
                                  const Tensor& peep, const Tensor& w_hr, const Tensor& lengths, const Opts& o,
@@ -122,6 +205,10 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
       T *z = zs_[b], *zi = z, *zf = z + H, *zz = z + 2 * H, *zo = z + 3 * H;
       const T* cp = c_[b];
       T *cn = c_new_[b], *ab = a_[b];
+      if (o.fused) {
+        fused_gates<T>(o, H, z, cp, pe, cn, ab, train ? zbuf_[t] + b * G : nullptr);
+        continue;
+      }
       if (o.diag)
         for (int64_t j = 0; j < H; ++j) zi[j] += pe[j] * cp[j], zf[j] += pe[H + j] * cp[j];
       T* saved = train ? zbuf_[t] + b * G : nullptr;
@@ -283,6 +370,7 @@ TORCH_LIBRARY(lstmkit_cpu, m) {
   m.def("forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor w_rec, Tensor peep, Tensor w_hr, Tensor lengths, "
         "int[] flags, float[] params, bool reverse, bool train) -> Tensor[]", &lstm_forward);
   m.def("matmul(Tensor a, Tensor b, Tensor bias) -> Tensor", &matmul);
+  m.def("release_memory() -> ()", &release_memory);
   m.def("backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor zbuf, Tensor cbuf, Tensor cprev, Tensor hbuf, "
         "Tensor abuf, Tensor w_rec, Tensor peep, Tensor w_hr, Tensor lengths, int[] flags, float[] params, "
         "bool reverse) -> Tensor[]", &lstm_backward);

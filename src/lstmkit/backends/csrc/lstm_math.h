@@ -5,104 +5,107 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
+
+#include "simd.h"
 
 namespace lstmkit {
 
 // ---------------------------------------------------------------- exp, sigmoid, tanh
-// Vectorised exp (Cephes' range reduction and polynomials: about 1 ulp in float and double,
-// SIMD lanes of AVX2), then sigmoid(x) = 1 / (1 + e^-x), and tanh(x) = 1 - 2 / (1 + e^2x) for
-// |x| >= 0.625 and Cephes' odd polynomial (float) or rational function (double) below, where
-// the difference would cancel.
-#ifdef __AVX2__
-inline __m256 vexp(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
-  for (float c : {1.3981999507E-3f, 8.3334519073E-3f, 4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f})
-    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(c));
-  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+// Vectorised exp (Cephes' range reduction and polynomials: about 1 ulp in float and double),
+// sigmoid(x) = 1 / (1 + e^-x) and tanh (below). Written once over simd.h's vectors; array tails
+// use the C library.
+template <typename T>
+inline typename Simd<T>::V vexp(typename Simd<T>::V x) {
+  using S = Simd<T>;
+  if constexpr (sizeof(T) == 4) {
+    x = S::min(S::max(x, S::set(-87.3f)), S::set(88.3f));
+    const auto n = S::round(S::mul(x, S::set(1.44269504088896341f)));
+    x = S::fnma(n, S::set(0.693359375f), x);
+    x = S::fnma(n, S::set(-2.12194440e-4f), x);
+    auto p = S::set(1.9875691500E-4f);
+    for (float c : {1.3981999507E-3f, 8.3334519073E-3f, 4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f})
+      p = S::fma(p, x, S::set(c));
+    return S::ldexp(S::add(S::fma(p, S::mul(x, x), x), S::set(1.0f)), n);
+  } else {
+    x = S::min(S::max(x, S::set(-708.0)), S::set(709.0));
+    const auto n = S::round(S::mul(x, S::set(1.4426950408889634073599)));
+    x = S::fnma(n, S::set(6.93145751953125E-1), x);
+    x = S::fnma(n, S::set(1.42860682030941723212E-6), x);
+    const auto xx = S::mul(x, x);
+    auto px = S::fma(S::set(1.26177193074810590878E-4), xx, S::set(3.02994407707441961300E-2));
+    px = S::mul(x, S::fma(px, xx, S::set(9.99999999999999999910E-1)));
+    auto q = S::fma(S::set(3.00198505138664455042E-6), xx, S::set(2.52448340349684104192E-3));
+    q = S::fma(q, xx, S::set(2.27265548208155028766E-1));
+    q = S::fma(q, xx, S::set(2.00000000000000000009E0));
+    return S::ldexp(S::fma(S::set(2.0), S::div(px, S::sub(q, px)), S::set(1.0)), n);
+  }
 }
-inline __m256d vexp(__m256d x) {
-  x = _mm256_min_pd(_mm256_max_pd(x, _mm256_set1_pd(-708.0)), _mm256_set1_pd(709.0));
-  const __m256d n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634073599)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93145751953125E-1), x);
-  x = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.42860682030941723212E-6), x);
-  const __m256d xx = _mm256_mul_pd(x, x);
-  __m256d px = _mm256_fmadd_pd(_mm256_set1_pd(1.26177193074810590878E-4), xx, _mm256_set1_pd(3.02994407707441961300E-2));
-  px = _mm256_mul_pd(x, _mm256_fmadd_pd(px, xx, _mm256_set1_pd(9.99999999999999999910E-1)));
-  __m256d q = _mm256_fmadd_pd(_mm256_set1_pd(3.00198505138664455042E-6), xx, _mm256_set1_pd(2.52448340349684104192E-3));
-  q = _mm256_fmadd_pd(q, xx, _mm256_set1_pd(2.27265548208155028766E-1));
-  q = _mm256_fmadd_pd(q, xx, _mm256_set1_pd(2.00000000000000000009E0));
-  const __m256d r = _mm256_fmadd_pd(_mm256_set1_pd(2.0), _mm256_div_pd(px, _mm256_sub_pd(q, px)), _mm256_set1_pd(1.0));
-  const __m128i n32 = _mm_add_epi32(_mm256_cvtpd_epi32(n), _mm_set1_epi32(1023));
-  return _mm256_mul_pd(r, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_cvtepi32_epi64(n32), 52)));
+// tanh: in float, x P(x^2) / Q(x^2) on [-9, 9] (tanh(9) rounds to 1), a rational function fitted
+// for lstmkit (benchmarks/NOTES-cpu.md: within 3e-7 of tanh, 17 vector operations where the exp
+// form takes 31); in double, 1 - 2 / (1 + e^2x) for |x| >= 0.625 and Cephes' rational function
+// below, where the difference would cancel.
+template <typename T>
+inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
+  using S = Simd<T>;
+  if constexpr (sizeof(T) == 4) {
+    u = S::min(S::max(u, S::set(-9.0f)), S::set(9.0f));
+    const auto s = S::mul(u, u);
+    auto p = S::set(-8.492771102260738e-14f);
+    for (float c : {5.279598286334064e-11f, -2.0228810626576887e-08f, 1.1155229003634304e-05f,
+                    0.0031040466856211424f, 0.13084091246128082f, 1.0f})
+      p = S::fma(p, s, S::set(c));
+    auto q = S::set(0.00025462755002081394f);
+    for (float c : {0.02449554018676281f, 0.46417418122291565f, 1.0f}) q = S::fma(q, s, S::set(c));
+    const auto r = S::mul(S::mul(u, p), S::recip(q));
+    return S::min(S::max(r, S::set(-1.0f)), S::set(1.0f));
+  } else {
+    const auto one = S::set(T(1)), z = S::mul(u, u);
+    const auto big = S::fnma(S::set(T(2)), S::recip(S::add(one, vexp<T>(S::add(u, u)))), one);
+    auto p = S::fma(S::set(-9.64399179425052238628E-1), z, S::set(-9.92877231001918586564E1));
+    p = S::fma(p, z, S::set(-1.61468768441708447952E3));
+    auto q = S::add(z, S::set(1.12811678491632931402E2));
+    q = S::fma(q, z, S::set(2.23548839060100448583E3));
+    q = S::fma(q, z, S::set(4.84406305325125486048E3));
+    const auto small = S::fma(S::mul(u, z), S::div(p, q), u);
+    return S::select_lt(S::abs(u), S::set(T(0.625)), small, big);
+  }
 }
-inline __m256 vtanh(__m256 u) {
-  const __m256 one = _mm256_set1_ps(1.0f), z = _mm256_mul_ps(u, u);
-  const __m256 big = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(one, vexp(_mm256_add_ps(u, u)))));
-  __m256 p = _mm256_set1_ps(-5.70498872745E-3f);
-  for (float c : {2.06390887954E-2f, -5.37397155531E-2f, 1.33314422036E-1f, -3.33332819422E-1f})
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
-  const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), u, u);
-  const __m256 abs_u = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), u);
-  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(abs_u, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
+// sigmoid(x) = 1/2 + tanh(x/2)/2: in float the same rational function, rescaled (within 2e-7).
+template <typename T>
+inline typename Simd<T>::V vsigmoid(typename Simd<T>::V x) {
+  using S = Simd<T>;
+  if constexpr (sizeof(T) == 4) {
+    x = S::min(S::max(x, S::set(-18.0f)), S::set(18.0f));
+    const auto s = S::mul(x, x);
+    constexpr float P[] = {-8.492771102260738e-14f, 5.279598286334064e-11f, -2.0228810626576887e-08f,
+                           1.1155229003634304e-05f, 0.0031040466856211424f, 0.13084091246128082f, 1.0f};
+    constexpr float Q[] = {0.00025462755002081394f, 0.02449554018676281f, 0.46417418122291565f, 1.0f};
+    auto p = S::set(P[0] / 16384.0f);  // P(s/4) / 4
+    for (int k = 1; k < 7; ++k) p = S::fma(p, s, S::set(P[k] / float(1 << (2 * (7 - k)))));
+    auto q = S::set(Q[0] / 64.0f);  // Q(s/4)
+    for (int k = 1; k < 4; ++k) q = S::fma(q, s, S::set(Q[k] / float(1 << (2 * (3 - k)))));
+    const auto r = S::fma(S::mul(x, p), S::recip(q), S::set(0.5f));
+    return S::min(S::max(r, S::zero()), S::set(1.0f));
+  } else {
+    return S::recip(S::add(S::set(T(1)), vexp<T>(S::sub(S::zero(), x))));
+  }
 }
-inline __m256d vtanh(__m256d u) {
-  const __m256d one = _mm256_set1_pd(1.0), z = _mm256_mul_pd(u, u);
-  const __m256d big = _mm256_sub_pd(one, _mm256_div_pd(_mm256_set1_pd(2.0), _mm256_add_pd(one, vexp(_mm256_add_pd(u, u)))));
-  __m256d p = _mm256_fmadd_pd(_mm256_set1_pd(-9.64399179425052238628E-1), z, _mm256_set1_pd(-9.92877231001918586564E1));
-  p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(-1.61468768441708447952E3));
-  __m256d q = _mm256_add_pd(z, _mm256_set1_pd(1.12811678491632931402E2));
-  q = _mm256_fmadd_pd(q, z, _mm256_set1_pd(2.23548839060100448583E3));
-  q = _mm256_fmadd_pd(q, z, _mm256_set1_pd(4.84406305325125486048E3));
-  const __m256d small = _mm256_fmadd_pd(_mm256_mul_pd(u, z), _mm256_div_pd(p, q), u);
-  const __m256d abs_u = _mm256_andnot_pd(_mm256_set1_pd(-0.0), u);
-  return _mm256_blendv_pd(big, small, _mm256_cmp_pd(abs_u, _mm256_set1_pd(0.625), _CMP_LT_OQ));
-}
-inline void tanh_array(const float* x, float* y, int64_t n, float scale) {
+// y = tanh(scale x).
+template <typename T>
+inline void tanh_array(const T* x, T* y, int64_t n, T scale) {
+  using S = Simd<T>;
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, vtanh(_mm256_mul_ps(_mm256_loadu_ps(x + j), _mm256_set1_ps(scale))));
-  for (; j < n; ++j) y[j] = std::tanh(scale * x[j]);
-}
-inline void tanh_array(const double* x, double* y, int64_t n, double scale) {
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) _mm256_storeu_pd(y + j, vtanh(_mm256_mul_pd(_mm256_loadu_pd(x + j), _mm256_set1_pd(scale))));
+  for (; j + S::L <= n; j += S::L) S::store(y + j, vtanh<T>(S::mul(S::load(x + j), S::set(scale))));
   for (; j < n; ++j) y[j] = std::tanh(scale * x[j]);
 }
 // y = 1 / (1 + exp(-x)), the sigmoid.
-inline void sigmoid_array(const float* x, float* y, int64_t n) {
-  int64_t j = 0;
-  const __m256 one = _mm256_set1_ps(1.0f);
-  for (; j + 8 <= n; j += 8)
-    _mm256_storeu_ps(y + j, _mm256_div_ps(one, _mm256_add_ps(one, vexp(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(x + j))))));
-  for (; j < n; ++j) y[j] = 1.0f / (1.0f + std::exp(-x[j]));
-}
-inline void sigmoid_array(const double* x, double* y, int64_t n) {
-  int64_t j = 0;
-  const __m256d one = _mm256_set1_pd(1.0);
-  for (; j + 4 <= n; j += 4)
-    _mm256_storeu_pd(y + j, _mm256_div_pd(one, _mm256_add_pd(one, vexp(_mm256_sub_pd(_mm256_setzero_pd(), _mm256_loadu_pd(x + j))))));
-  for (; j < n; ++j) y[j] = 1.0 / (1.0 + std::exp(-x[j]));
-}
-#else
 template <typename T>
 inline void sigmoid_array(const T* x, T* y, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) y[j] = T(1) / (T(1) + std::exp(-x[j]));
+  using S = Simd<T>;
+  int64_t j = 0;
+  for (; j + S::L <= n; j += S::L) S::store(y + j, vsigmoid<T>(S::load(x + j)));
+  for (; j < n; ++j) y[j] = T(1) / (T(1) + std::exp(-x[j]));
 }
-template <typename T>
-inline void tanh_array(const T* x, T* y, int64_t n, T scale) {
-  for (int64_t j = 0; j < n; ++j) y[j] = std::tanh(scale * x[j]);
-}
-#endif
 
 // ---------------------------------------------------------------- activations
 // value(x) into v, and d value / dx into d when d != nullptr (x and v may alias).

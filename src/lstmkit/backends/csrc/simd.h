@@ -1,0 +1,169 @@
+// lstmkit's fused CPU kernel, the instruction set: Simd<T> is one vector of L values of T and the
+// operations gemm.h and lstm_math.h are written with, for the widest set the build enables
+// (cpu_build.py passes the CPU's flags): AVX-512 (16 floats / 8 doubles), AVX2 + FMA (8 / 4), or
+// one lane (portable C++, the same code). Included by gemm.h and lstm_math.h only.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace lstmkit {
+
+template <typename T> struct Simd;
+
+#if defined(__AVX512F__)
+template <> struct Simd<float> {
+  using V = __m512;
+  static constexpr int64_t L = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set(float a) { return _mm512_set1_ps(a); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }  // n <= L
+  static void store_n(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
+  static V fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V recip(V a) {  // 1 / a: 14-bit estimate + one Newton step (zmm division: 1 per 10 cycles)
+    const V r = _mm512_rcp14_ps(a);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(1.0f)), r);
+  }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V abs(V a) { return _mm512_abs_ps(a); }
+  static V round(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V ldexp(V a, V n) { return _mm512_scalef_ps(a, n); }  // a 2^n, n integral
+  static V select_lt(V a, V b, V x, V y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x); }
+  static float sum(V a) { return _mm512_reduce_add_ps(a); }
+};
+template <> struct Simd<double> {
+  using V = __m512d;
+  static constexpr int64_t L = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V set(double a) { return _mm512_set1_pd(a); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V broadcast(const double* p) { return _mm512_set1_pd(*p); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V load_n(const double* p, int64_t n) { return _mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p); }
+  static void store_n(double* p, V v, int64_t n) { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fnma(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static V div(V a, V b) { return _mm512_div_pd(a, b); }
+  static V recip(V a) {  // 14-bit estimate + two Newton steps
+    V r = _mm512_rcp14_pd(a);
+    r = _mm512_fmadd_pd(r, _mm512_fnmadd_pd(a, r, _mm512_set1_pd(1.0)), r);
+    return _mm512_fmadd_pd(r, _mm512_fnmadd_pd(a, r, _mm512_set1_pd(1.0)), r);
+  }
+  static V min(V a, V b) { return _mm512_min_pd(a, b); }
+  static V max(V a, V b) { return _mm512_max_pd(a, b); }
+  static V abs(V a) { return _mm512_abs_pd(a); }
+  static V round(V a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V ldexp(V a, V n) { return _mm512_scalef_pd(a, n); }
+  static V select_lt(V a, V b, V x, V y) { return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x); }
+  static double sum(V a) { return _mm512_reduce_add_pd(a); }
+};
+#elif defined(__AVX2__)
+template <> struct Simd<float> {
+  using V = __m256;
+  static constexpr int64_t L = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set(float a) { return _mm256_set1_ps(a); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static __m256i first(int64_t n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static V load_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, first(n)); }  // n <= L
+  static void store_n(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, first(n), v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V recip(V a) { return _mm256_div_ps(_mm256_set1_ps(1.0f), a); }  // an estimate + Newton: no faster
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static V round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V ldexp(V a, V n) {  // the exponent field of 2^n, built from the integer n
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+  }
+  static V select_lt(V a, V b, V x, V y) { return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+  static float sum(V a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+  }
+};
+template <> struct Simd<double> {
+  using V = __m256d;
+  static constexpr int64_t L = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V set(double a) { return _mm256_set1_pd(a); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V broadcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static __m256i first(int64_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+  static V load_n(const double* p, int64_t n) { return _mm256_maskload_pd(p, first(n)); }
+  static void store_n(double* p, V v, int64_t n) { _mm256_maskstore_pd(p, first(n), v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V fnma(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  static V div(V a, V b) { return _mm256_div_pd(a, b); }
+  static V recip(V a) { return _mm256_div_pd(_mm256_set1_pd(1.0), a); }
+  static V min(V a, V b) { return _mm256_min_pd(a, b); }
+  static V max(V a, V b) { return _mm256_max_pd(a, b); }
+  static V abs(V a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+  static V round(V a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V ldexp(V a, V n) {
+    const __m128i n32 = _mm_add_epi32(_mm256_cvtpd_epi32(n), _mm_set1_epi32(1023));
+    return _mm256_mul_pd(a, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_cvtepi32_epi64(n32), 52)));
+  }
+  static V select_lt(V a, V b, V x, V y) { return _mm256_blendv_pd(y, x, _mm256_cmp_pd(a, b, _CMP_LT_OQ)); }
+  static double sum(V a) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_hadd_pd(s, s));
+  }
+};
+#else  // portable: one lane, the same code
+template <typename T> struct Simd {
+  using V = T;
+  static constexpr int64_t L = 1;
+  static V zero() { return T(0); }
+  static V set(T a) { return a; }
+  static V load(const T* p) { return *p; }
+  static V broadcast(const T* p) { return *p; }
+  static void store(T* p, V v) { *p = v; }
+  static V load_n(const T* p, int64_t) { return *p; }
+  static void store_n(T* p, V v, int64_t) { *p = v; }
+  static V fma(V a, V b, V c) { return a * b + c; }
+  static V fnma(V a, V b, V c) { return c - a * b; }
+  static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
+  static V mul(V a, V b) { return a * b; }
+  static V div(V a, V b) { return a / b; }
+  static V recip(V a) { return T(1) / a; }
+  static V min(V a, V b) { return a < b ? a : b; }
+  static V max(V a, V b) { return a > b ? a : b; }
+  static V abs(V a) { return std::abs(a); }
+  static V round(V a) { return std::nearbyint(a); }
+  static V ldexp(V a, V n) { return std::ldexp(a, int(n)); }
+  static V select_lt(V a, V b, V x, V y) { return a < b ? x : y; }
+  static T sum(V a) { return a; }
+};
+#endif
+
+}  // namespace lstmkit
