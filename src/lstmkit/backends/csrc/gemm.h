@@ -115,10 +115,11 @@ inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T
 
 // C (M, N; row stride ldc) = C0 (M, N; row stride ldc0, or 0 when null) + A (M, K; row
 // stride lda) @ B. C0 may be C itself (accumulate). The last, partial panel
-// goes through a small tile.
+// goes through a small tile. backwards: each thread takes its share of the work in reverse order
+// (Product alternates, see there).
 template <typename T>
 void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, int64_t ldc0, T* C,
-          int64_t ldc) {
+          int64_t ldc, bool backwards = false) {
   constexpr int64_t NR = Packed<T>::NR;
   const int64_t panels = (B.N + NR - 1) / NR, K = B.K;
   // Blocks of MC rows of A (MC x K stays in L2) times every panel; blocks and panels are shared
@@ -127,7 +128,8 @@ void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, i
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, std::min(M, MC) * K * NR));
   at::parallel_for(0, work, grain, [&](int64_t first, int64_t last) {
     T tile[MR * NR], tile0[MR * NR] = {};  // tile0: columns past the last are read, never used
-    for (int64_t i = first; i < last; ++i) {
+    for (int64_t next = first; next < last; ++next) {
+      const int64_t i = backwards ? first + last - 1 - next : next;
       const int64_t p = i % panels, n0 = p * NR, cols = std::min(NR, B.N - n0);
       for (int64_t m = i / panels * MC, m_end = std::min(M, m + MC); m < m_end; m += MR) {
         const int64_t rows = std::min<int64_t>(MR, m_end - m);
@@ -146,15 +148,16 @@ void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, i
 }
 
 // y (N) = c0 (N, or 0 when null) + x (K) @ B for one row, B's columns contiguous (stride_k 1),
-// read as they are: 8 dot products at a time (8 independent accumulators).
+// read as they are: 8 dot products at a time (8 independent accumulators), last ones first when
+// backwards.
 template <typename T>
-void gemv(const T* x, const at::Tensor& b, const T* c0, T* y) {
+void gemv(const T* x, const at::Tensor& b, const T* c0, T* y, bool backwards = false) {
   using S = Simd<T>;
   constexpr int64_t L = S::L;
-  const int64_t K = b.size(0), N = b.size(1), sn = b.stride(1);
+  const int64_t K = b.size(0), N = b.size(1), sn = b.stride(1), blocks = N / 8;
   const T* B = b.data_ptr<T>();
-  int64_t n = 0;
-  for (; n + 8 <= N; n += 8) {
+  for (int64_t next = 0; next < blocks; ++next) {
+    const int64_t n = 8 * (backwards ? blocks - 1 - next : next);
     typename S::V acc[8];
     _Pragma("GCC unroll 8") for (int j = 0; j < 8; ++j) acc[j] = S::zero();
     int64_t k = 0;
@@ -168,7 +171,7 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, T* y) {
       y[n + j] = (c0 ? c0[n + j] : T(0)) + sum;
     }
   }
-  for (; n < N; ++n) {
+  for (int64_t n = 8 * blocks; n < N; ++n) {
     T sum = c0 ? c0[n] : T(0);
     for (int64_t k = 0; k < K; ++k) sum += B[n * sn + k] * x[k];
     y[n] = sum;
@@ -182,6 +185,9 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, T* y) {
 // large B with contiguous columns goes to gemv() instead: the packed copy would not stay in L2
 // between steps either, so packing is pure cost (B=1, H=512 forward, one process, 40 shuffled
 // rounds: 13.8 ms without packing, 15.7 with; H=256 (1 MB): equal; H=128: packing 5 % faster).
+// Successive calls run through B in alternate directions: when B does not fit in L2, each step
+// then starts on the part of B the previous step read last, still in L2, instead of evicting
+// it just before it is needed (LRU against a cyclic sweep keeps nothing).
 constexpr int64_t PACK_STEPS = 4;
 constexpr int64_t GEMV_BYTES = int64_t(2) << 20;
 
@@ -190,6 +196,7 @@ struct Product {
   at::Tensor b;  // (K, N), any strides
   std::optional<Packed<T>> packed;
   bool one_row;  // gemv()
+  mutable bool backwards = false;
   Product(const at::Tensor& b_, int64_t steps, int64_t rows) : b(b_) {
     one_row = rows == 1 && b.stride(0) == 1 && b.numel() * int64_t(sizeof(T)) >= GEMV_BYTES;
     if (!one_row && steps >= PACK_STEPS && Simd<T>::L > 1)
@@ -197,8 +204,9 @@ struct Product {
   }
   // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + A (M, K; lda) @ B.
   void operator()(int64_t M, const T* A, int64_t lda, const T* C0, int64_t ldc0, T* C, int64_t ldc) const {
-    if (one_row) return gemv<T>(A, b, C0, C);
-    if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, C, ldc);
+    backwards = !backwards;
+    if (one_row) return gemv<T>(A, b, C0, C, backwards);
+    if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, C, ldc, backwards);
     const auto options = b.options();
     const at::Tensor a = at::from_blob(const_cast<T*>(A), {M, b.size(0)}, {lda, 1}, options);
     at::Tensor c = at::from_blob(C, {M, b.size(1)}, {ldc, 1}, options);
