@@ -67,8 +67,7 @@ OPTIONS = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gemm_tiles_and_tails(options, batch, steps, dtype):
     """H = 19: 4H = 76 columns are full panels (AVX2: 3 of 24 floats, 6 of 12 doubles; AVX-512: 2 of
-    32 floats, 4 of 16 doubles) and a tail (4; 12); H = 19 cells are 1 or 2 vectors and a partial one
-    in the fused gate pass. K = 19 (or 38 with full peepholes, 7 with a projection) is odd for the
+    32 floats, 4 of 16 doubles) and a tail (4; 12). K = 19 (or 38 with full peepholes, 7 with a projection) is odd for the
     one-row kernel's chains."""
     module = lstmkit.LSTM(11, 19, dtype=dtype, backend="cpu", bidirectional=True, **options)
     lengths = None if batch == 1 else [steps, 0, 2, steps, 1, steps - 1, 3, 1, steps, 2, steps][:batch]
@@ -165,10 +164,10 @@ def test_large_projection_under_autocast_is_f_linear(monkeypatch):
 
 
 def test_float32_gates_over_their_range():
-    """The float32 sigmoid and tanh of the fused gate pass (rational functions, csrc/lstm_math.h)
+    """The float32 sigmoid and tanh of the kernel's gate pass (rational functions, csrc/lstm_math.h)
     against float64, for gate inputs from -30 to 30: z = x (W_ih = identity, no recurrent or bias
     term), so c^t = tanh(z_g) sigmoid(z_i) + c^{t-1} sigmoid(z_f), h^t = tanh(c^t) sigmoid(z_o)."""
-    hidden, steps = 37, 5  # 37 cells: whole vectors and a partial one
+    hidden, steps = 37, 5  # 37 cells: whole vectors and a tail
     module = lstmkit.LSTM(4 * hidden, hidden, backend="cpu", bias=False)
     with torch.no_grad():
         module.weight_ih_l0.copy_(torch.eye(4 * hidden))

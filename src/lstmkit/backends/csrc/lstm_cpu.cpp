@@ -41,14 +41,12 @@ struct Opts {
   // With sigmoid/tanh gates and no clip, training saves the gate values f(z_i), f(z_f), g(z),
   // f(z_o) (their derivatives follow from the values); otherwise the gate inputs.
   bool saves_values;
-  bool fused;  // sigmoid gates, tanh for g and h, no clip: fused_gates()
   Opts(at::IntArrayRef flags, at::ArrayRef<double> params) {
     for (int k = 0; k < 3; ++k) act[k] = flags[k], alpha[k] = params[2 * k], beta[k] = params[2 * k + 1];
     has_i = flags[3], has_f = flags[4], has_o = flags[5], coupled = flags[6];
     diag = flags[7] == 1, full = flags[7] == 2;
     clip = params[6], cell_clip = params[7];
     saves_values = clip == 0 && act[0] <= 1 && act[1] <= 1;
-    fused = clip == 0 && act[0] == 0 && act[1] == 1 && act[2] == 1;
   }
 };
 
@@ -136,34 +134,6 @@ Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias) {
 }
 
 // ---------------------------------------------------------------- forward
-// One row's gates in a single sweep over vectors of cells, for Opts::fused variants (the same
-// math as the general pass in forward_impl): z (4H) and c^{t-1} in, c^t and a = h(c^t) f(z_o)
-// out, and the gate values f(z_i), f(z_f), g(z), f(z_o) into saved (4H) when training.
-template <typename T>
-void fused_gates(const Opts& o, int64_t H, const T* z, const T* cp, const T* pe, T* cn, T* a, T* saved) {
-  using S = Simd<T>;
-  const auto one = S::set(T(1)), clip = S::set(T(o.cell_clip));
-  for (int64_t j = 0; j < H; j += S::L) {
-    const int64_t n = std::min(S::L, H - j);
-    const auto c_prev = S::load_n(cp + j, n);
-    auto zi = S::load_n(z + j, n), zf = S::load_n(z + H + j, n), zo = S::load_n(z + 3 * H + j, n);
-    if (pe) zi = S::fma(S::load_n(pe + j, n), c_prev, zi), zf = S::fma(S::load_n(pe + H + j, n), c_prev, zf);
-    const auto vi = o.has_i ? vsigmoid<T>(zi) : one;
-    const auto vf = o.coupled ? S::sub(one, vi) : o.has_f ? vsigmoid<T>(zf) : one;
-    const auto vz = vtanh<T>(S::load_n(z + 2 * H + j, n));
-    auto c = S::fma(vz, vi, S::mul(c_prev, vf));  // c^t
-    if (o.cell_clip > 0) c = S::min(S::max(c, S::sub(S::zero(), clip)), clip);
-    if (pe) zo = S::fma(S::load_n(pe + 2 * H + j, n), c, zo);  // z_o peeks at c^t
-    const auto vo = o.has_o ? vsigmoid<T>(zo) : one;
-    S::store_n(cn + j, c, n);
-    S::store_n(a + j, S::mul(vtanh<T>(c), vo), n);
-    if (saved) {
-      S::store_n(saved + j, vi, n), S::store_n(saved + H + j, vf, n);
-      S::store_n(saved + 2 * H + j, vz, n), S::store_n(saved + 3 * H + j, vo, n);
-    }
-  }
-}
-
 template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const Tensor& c0, const Tensor& w_rec,
                                  const Tensor& peep, const Tensor& w_hr, const Tensor& lengths, const Opts& o,
@@ -205,10 +175,6 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
       T *z = zs_[b], *zi = z, *zf = z + H, *zz = z + 2 * H, *zo = z + 3 * H;
       const T* cp = c_[b];
       T *cn = c_new_[b], *ab = a_[b];
-      if (o.fused) {
-        fused_gates<T>(o, H, z, cp, pe, cn, ab, train ? zbuf_[t] + b * G : nullptr);
-        continue;
-      }
       if (o.diag)
         for (int64_t j = 0; j < H; ++j) zi[j] += pe[j] * cp[j], zf[j] += pe[H + j] * cp[j];
       T* saved = train ? zbuf_[t] + b * G : nullptr;

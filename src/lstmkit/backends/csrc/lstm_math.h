@@ -40,10 +40,10 @@ inline typename Simd<T>::V vexp(typename Simd<T>::V x) {
     return S::ldexp(S::fma(S::set(2.0), S::div(px, S::sub(q, px)), S::set(1.0)), n);
   }
 }
-// tanh: in float, x P(x^2) / Q(x^2) on [-9, 9] (tanh(9) rounds to 1), a rational function fitted
-// for lstmkit (benchmarks/NOTES-cpu.md: within 3e-7 of tanh, 17 vector operations where the exp
-// form takes 31); in double, 1 - 2 / (1 + e^2x) for |x| >= 0.625 and Cephes' rational function
-// below, where the difference would cancel.
+// tanh: in float, x P(x^2) / Q(x^2) on [-9, 9] (tanh(9) rounds to 1), clamped to [-1, 1], a
+// rational function fitted for lstmkit (benchmarks/fit_tanh.py: within 3e-7 of tanh; 17 vector
+// operations where the exp form takes 31); in double, 1 - 2 / (1 + e^2x) for |x| >= 0.625 and
+// Cephes' rational function below, where the difference would cancel.
 template <typename T>
 inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
   using S = Simd<T>;
@@ -56,11 +56,11 @@ inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
       p = S::fma(p, s, S::set(c));
     auto q = S::set(0.00025462755002081394f);
     for (float c : {0.02449554018676281f, 0.46417418122291565f, 1.0f}) q = S::fma(q, s, S::set(c));
-    const auto r = S::mul(S::mul(u, p), S::recip(q));
+    const auto r = S::div(S::mul(u, p), q);
     return S::min(S::max(r, S::set(-1.0f)), S::set(1.0f));
   } else {
     const auto one = S::set(T(1)), z = S::mul(u, u);
-    const auto big = S::fnma(S::set(T(2)), S::recip(S::add(one, vexp<T>(S::add(u, u)))), one);
+    const auto big = S::sub(one, S::div(S::set(T(2)), S::add(one, vexp<T>(S::add(u, u)))));
     auto p = S::fma(S::set(-9.64399179425052238628E-1), z, S::set(-9.92877231001918586564E1));
     p = S::fma(p, z, S::set(-1.61468768441708447952E3));
     auto q = S::add(z, S::set(1.12811678491632931402E2));
@@ -70,24 +70,15 @@ inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
     return S::select_lt(S::abs(u), S::set(T(0.625)), small, big);
   }
 }
-// sigmoid(x) = 1/2 + tanh(x/2)/2: in float the same rational function, rescaled (within 2e-7).
+// sigmoid: in float 1/2 + tanh(x/2)/2 (within 2e-7, in [0, 1]), in double 1 / (1 + e^-x).
 template <typename T>
 inline typename Simd<T>::V vsigmoid(typename Simd<T>::V x) {
   using S = Simd<T>;
   if constexpr (sizeof(T) == 4) {
-    x = S::min(S::max(x, S::set(-18.0f)), S::set(18.0f));
-    const auto s = S::mul(x, x);
-    constexpr float P[] = {-8.492771102260738e-14f, 5.279598286334064e-11f, -2.0228810626576887e-08f,
-                           1.1155229003634304e-05f, 0.0031040466856211424f, 0.13084091246128082f, 1.0f};
-    constexpr float Q[] = {0.00025462755002081394f, 0.02449554018676281f, 0.46417418122291565f, 1.0f};
-    auto p = S::set(P[0] / 16384.0f);  // P(s/4) / 4
-    for (int k = 1; k < 7; ++k) p = S::fma(p, s, S::set(P[k] / float(1 << (2 * (7 - k)))));
-    auto q = S::set(Q[0] / 64.0f);  // Q(s/4)
-    for (int k = 1; k < 4; ++k) q = S::fma(q, s, S::set(Q[k] / float(1 << (2 * (3 - k)))));
-    const auto r = S::fma(S::mul(x, p), S::recip(q), S::set(0.5f));
-    return S::min(S::max(r, S::zero()), S::set(1.0f));
+    const auto half = S::set(0.5f);
+    return S::fma(vtanh<T>(S::mul(x, half)), half, half);
   } else {
-    return S::recip(S::add(S::set(T(1)), vexp<T>(S::sub(S::zero(), x))));
+    return S::div(S::set(T(1)), S::add(S::set(T(1)), vexp<T>(S::sub(S::zero(), x))));
   }
 }
 // y = tanh(scale x).

@@ -23,18 +23,12 @@ template <> struct Simd<float> {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static V load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }  // n <= L
-  static void store_n(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
   static V fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
-  static V recip(V a) {  // 1 / a: 14-bit estimate + one Newton step (zmm division: 1 per 10 cycles)
-    const V r = _mm512_rcp14_ps(a);
-    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(1.0f)), r);
-  }
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static V abs(V a) { return _mm512_abs_ps(a); }
@@ -51,19 +45,12 @@ template <> struct Simd<double> {
   static V load(const double* p) { return _mm512_loadu_pd(p); }
   static V broadcast(const double* p) { return _mm512_set1_pd(*p); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  static V load_n(const double* p, int64_t n) { return _mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p); }
-  static void store_n(double* p, V v, int64_t n) { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V fnma(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
   static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
   static V div(V a, V b) { return _mm512_div_pd(a, b); }
-  static V recip(V a) {  // 14-bit estimate + two Newton steps
-    V r = _mm512_rcp14_pd(a);
-    r = _mm512_fmadd_pd(r, _mm512_fnmadd_pd(a, r, _mm512_set1_pd(1.0)), r);
-    return _mm512_fmadd_pd(r, _mm512_fnmadd_pd(a, r, _mm512_set1_pd(1.0)), r);
-  }
   static V min(V a, V b) { return _mm512_min_pd(a, b); }
   static V max(V a, V b) { return _mm512_max_pd(a, b); }
   static V abs(V a) { return _mm512_abs_pd(a); }
@@ -81,16 +68,12 @@ template <> struct Simd<float> {
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static __m256i first(int64_t n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
-  static V load_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, first(n)); }  // n <= L
-  static void store_n(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, first(n), v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V fnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V div(V a, V b) { return _mm256_div_ps(a, b); }
-  static V recip(V a) { return _mm256_div_ps(_mm256_set1_ps(1.0f), a); }  // an estimate + Newton: no faster
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
@@ -114,16 +97,12 @@ template <> struct Simd<double> {
   static V load(const double* p) { return _mm256_loadu_pd(p); }
   static V broadcast(const double* p) { return _mm256_broadcast_sd(p); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static __m256i first(int64_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
-  static V load_n(const double* p, int64_t n) { return _mm256_maskload_pd(p, first(n)); }
-  static void store_n(double* p, V v, int64_t n) { _mm256_maskstore_pd(p, first(n), v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V fnma(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
   static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
   static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
   static V div(V a, V b) { return _mm256_div_pd(a, b); }
-  static V recip(V a) { return _mm256_div_pd(_mm256_set1_pd(1.0), a); }
   static V min(V a, V b) { return _mm256_min_pd(a, b); }
   static V max(V a, V b) { return _mm256_max_pd(a, b); }
   static V abs(V a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
@@ -147,15 +126,12 @@ template <typename T> struct Simd {
   static V load(const T* p) { return *p; }
   static V broadcast(const T* p) { return *p; }
   static void store(T* p, V v) { *p = v; }
-  static V load_n(const T* p, int64_t) { return *p; }
-  static void store_n(T* p, V v, int64_t) { *p = v; }
   static V fma(V a, V b, V c) { return a * b + c; }
   static V fnma(V a, V b, V c) { return c - a * b; }
   static V add(V a, V b) { return a + b; }
   static V sub(V a, V b) { return a - b; }
   static V mul(V a, V b) { return a * b; }
   static V div(V a, V b) { return a / b; }
-  static V recip(V a) { return T(1) / a; }
   static V min(V a, V b) { return a < b ? a : b; }
   static V max(V a, V b) { return a > b ? a : b; }
   static V abs(V a) { return std::abs(a); }
