@@ -104,9 +104,10 @@ def test_threads_share_out_panels(batch, options):
         assert torch.equal(one, two)
 
 
-@pytest.mark.parametrize("options", OPTIONS[:3])
+@pytest.mark.parametrize("options", [*OPTIONS[:3], {"proj_size": 5, "bidirectional": True}, OPTIONS[5]])
 def test_inference_path_equals_training_path(options):
-    """Without anything to differentiate the kernel is called directly (nothing saved): same outputs."""
+    """Without anything to differentiate the kernel is called directly (nothing saved; without lengths
+    or full peepholes the state is not copied: h from y, c in two alternating buffers): same outputs."""
     module = lstmkit.LSTM(5, 12, num_layers=2, backend="cpu", **options)
     x = torch.randn(7, 3, 5)
     trained = module(x)

@@ -161,11 +161,16 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
   if (proj) hr.emplace(w_hr.t(), T_, B);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
   const int64_t* len = lengths.numel() ? lengths.data_ptr<int64_t>() : nullptr;
+  // Inference without lengths or full peepholes moves the state without copies: the product reads
+  // h^{t-1} where the last step wrote it (y), and c^{t-1}, c^t take turns in c and c_new.
+  const bool direct = !train && !len && !o.full;
+  T *c_prev = c_.data, *c_next = c_new_.data;
+  const T* h_prev = hin_.data;  // (B, K)
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? T_ - 1 - s : s;
     // z = W x + b + R h^{t-1} (+ Q c^{t-1})    (B, 4H)
-    rec(B, hin_.data, K, x_proj_[t], G, zs_.data, G);
+    rec(B, h_prev, K, x_proj_[t], G, zs_.data, G);
     if (train) {
       std::memcpy(hbuf_[t], hin_.data, B * K * sizeof(T));
       std::memcpy(cprev_[t], c_.data, B * H * sizeof(T));
@@ -173,8 +178,8 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;
       T *z = zs_[b], *zi = z, *zf = z + H, *zz = z + 2 * H, *zo = z + 3 * H;
-      const T* cp = c_[b];
-      T *cn = c_new_[b], *ab = a_[b];
+      const T* cp = c_prev + b * H;
+      T *cn = c_next + b * H, *ab = direct && !proj ? y_[t] + b * P : a_[b];
       if (o.diag)
         for (int64_t j = 0; j < H; ++j) zi[j] += pe[j] * cp[j], zf[j] += pe[H + j] * cp[j];
       T* saved = train ? zbuf_[t] + b * G : nullptr;
@@ -196,7 +201,11 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
       activate<T>(o.act[2], o.alpha[2], o.beta[2], cn, ab, nullptr, H);
       for (int64_t j = 0; j < H; ++j) ab[j] *= zo[j];  // a = h(c^t) f(z_o)
     }
-    if (proj) (*hr)(B, a_.data, H, nullptr, 0, h_new_.data, P);  // h^t = W_hr a
+    if (proj) (*hr)(B, a_.data, H, nullptr, 0, direct ? y_[t] : h_new_.data, P);  // h^t = W_hr a
+    if (direct) {
+      h_prev = y_[t], std::swap(c_prev, c_next);
+      continue;
+    }
     T* yt = y_[t];
     for (int64_t b = 0; b < B; ++b) {
       T* yb = yt + b * P;
@@ -211,6 +220,7 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
       }
     }
   }
+  if (direct && T_ > 0) return {y, y[reverse ? 0 : T_ - 1].clone(), c_prev == c_.data ? c : c_new};
   Tensor h_n = hin.narrow(1, 0, P).clone();
   if (!train) return {y, h_n, c};
   return {y, h_n, c, zbuf, cbuf, cprev, hbuf, proj ? abuf : at::empty({0}, opt)};
