@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 import torch
 
 from . import __version__
+from .backends import cpu_build
 from .cli import CommandError
 from .lstm import LSTM
 
@@ -258,7 +259,8 @@ def _machine(args) -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "clock": args.clock,
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort_version,
-            "lstmkit": __version__, "backend": args.backend, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "lstmkit": __version__, "backend": args.backend, "kernel instruction set": cpu_build.isa() if cpu_build.load() else "none (no kernel)",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": _command(args)}
 
 

@@ -255,10 +255,15 @@ def test_no_grad_and_other_dtypes_fall_back():
     assert out.grad_fn is None and torch.equal(out[-1], h[0])
 
 
-def test_without_compiler_warns_once_and_falls_back(tmp_path):
-    """No compiler: one RuntimeWarning naming the cause, then the generic backend's results."""
+@pytest.mark.parametrize(
+    ("env", "cause"),
+    [({"CXX": "no-such-compiler-lstmkit"}, "C++ compiler"), ({"LSTMKIT_CPU_ISA": "avx9"}, "LSTMKIT_CPU_ISA must be one of")],
+)
+def test_without_kernel_warns_once_and_falls_back(tmp_path, env, cause):
+    """No compiler, or an unknown $LSTMKIT_CPU_ISA: one RuntimeWarning naming the cause, then the
+    generic backend's results."""
     script = (
-        "import warnings, torch, lstmkit\n"
+        "import sys, warnings, torch, lstmkit\n"
         "warnings.simplefilter('always')\n"
         "m = lstmkit.LSTM(3, 4, peephole='diagonal')\n"
         "generic = lstmkit.LSTM(3, 4, peephole='diagonal', backend='torch')\n"
@@ -268,10 +273,10 @@ def test_without_compiler_warns_once_and_falls_back(tmp_path):
         "    out, _ = m(x)\n"
         "    m(x)\n"
         "messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]\n"
-        "assert len(messages) == 1 and 'C++ compiler' in messages[0], messages\n"
+        "assert len(messages) == 1 and sys.argv[1] in messages[0], messages\n"
         "assert torch.equal(out, generic(x)[0])\n"
         "print('fallback ok')\n"
     )
-    env = dict(os.environ, CXX="no-such-compiler-lstmkit", LSTMKIT_CACHE=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script, cause], env=dict(os.environ, LSTMKIT_CACHE=str(tmp_path), **env),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-2000:]

@@ -93,7 +93,7 @@ def load():
             _state["error"] = str(error)
             warnings.warn(
                 "lstmkit: the fused CPU backend is unavailable, so lstmkit runs its generic backend "
-                f"(5-20x slower on CPU). It needs a C++ compiler at first use: {error}",
+                f"(5-20x slower on CPU). It is built with a C++ compiler at first use; this time: {error}",
                 RuntimeWarning,
                 stacklevel=3,
             )
