@@ -38,8 +38,9 @@ def available() -> bool:
 def release_memory() -> None:
     """Free the kernel's pool of large buffers (up to 256 MiB of freed (T, B, ..) buffers kept for
     reuse: fresh pages cost the kernel zeroing them, csrc/lstm_cpu.cpp: empty_large)."""
-    if available():
-        cpu_build.load().release_memory()
+    ops = cpu_build.loaded()
+    if ops is not None:
+        ops.release_memory()
 
 
 @lru_cache(maxsize=None)

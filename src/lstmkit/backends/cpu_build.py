@@ -29,20 +29,23 @@ ISA_FLAGS = {"avx512": ["-mavx2", "-mfma", "-mavx512f"], "avx2": ["-mavx2", "-mf
 
 
 def isa() -> str:
-    """The instruction set the kernel is built for (csrc/simd.h): ``$LSTMKIT_CPU_ISA`` if set, else
-    the widest of avx512, avx2 (with FMA) the CPU has, else portable C++."""
-    chosen = os.environ.get("LSTMKIT_CPU_ISA", "")
-    if chosen:
-        if chosen not in ISA_FLAGS:
-            raise ValueError(f"LSTMKIT_CPU_ISA must be one of {', '.join(ISA_FLAGS)}, got {chosen!r}")
-        return chosen
+    """The instruction set the kernel is built for (csrc/simd.h): ``$LSTMKIT_CPU_ISA`` if set (one
+    the CPU has), else the widest of avx512, avx2 (with FMA) the CPU has, else portable C++."""
     try:
         cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         cpu_flags = set()
-    if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= cpu_flags:
-        return "portable"
-    return "avx512" if "avx512f" in cpu_flags else "avx2"
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    has = {"portable": True, "avx2": x86 and {"avx2", "fma"} <= cpu_flags}
+    has["avx512"] = has["avx2"] and "avx512f" in cpu_flags
+    chosen = os.environ.get("LSTMKIT_CPU_ISA", "")
+    if not chosen:
+        return "avx512" if has["avx512"] else "avx2" if has["avx2"] else "portable"
+    if chosen not in ISA_FLAGS:
+        raise ValueError(f"LSTMKIT_CPU_ISA must be one of {', '.join(ISA_FLAGS)}, got {chosen!r}")
+    if not has[chosen]:
+        raise ValueError(f"LSTMKIT_CPU_ISA={chosen}, but this CPU does not have it")
+    return chosen
 
 
 def build_command(compiler: str, output: Path) -> list[str]:
@@ -98,3 +101,8 @@ def load():
                 stacklevel=3,
             )
     return _state["ops"]
+
+
+def loaded():
+    """``torch.ops.lstmkit_cpu`` if :func:`load` has loaded it in this process, else None (builds nothing)."""
+    return _state.get("ops")

@@ -18,7 +18,7 @@ template <typename T>
 inline typename Simd<T>::V vexp(typename Simd<T>::V x) {
   using S = Simd<T>;
   if constexpr (sizeof(T) == 4) {
-    x = S::min(S::max(x, S::set(-87.3f)), S::set(88.3f));
+    x = S::min(S::set(88.3f), S::max(S::set(-87.3f), x));  // NaN passes (see tanh)
     const auto n = S::round(S::mul(x, S::set(1.44269504088896341f)));
     x = S::fnma(n, S::set(0.693359375f), x);
     x = S::fnma(n, S::set(-2.12194440e-4f), x);
@@ -27,7 +27,7 @@ inline typename Simd<T>::V vexp(typename Simd<T>::V x) {
       p = S::fma(p, x, S::set(c));
     return S::ldexp(S::add(S::fma(p, S::mul(x, x), x), S::set(1.0f)), n);
   } else {
-    x = S::min(S::max(x, S::set(-708.0)), S::set(709.0));
+    x = S::min(S::set(709.0), S::max(S::set(-708.0), x));
     const auto n = S::round(S::mul(x, S::set(1.4426950408889634073599)));
     x = S::fnma(n, S::set(6.93145751953125E-1), x);
     x = S::fnma(n, S::set(1.42860682030941723212E-6), x);
@@ -40,15 +40,16 @@ inline typename Simd<T>::V vexp(typename Simd<T>::V x) {
     return S::ldexp(S::fma(S::set(2.0), S::div(px, S::sub(q, px)), S::set(1.0)), n);
   }
 }
-// tanh: in float, x P(x^2) / Q(x^2) on [-9, 9] (tanh(9) rounds to 1), clamped to [-1, 1], a
-// rational function fitted for lstmkit (benchmarks/fit_tanh.py: within 3e-7 of tanh; 17 vector
-// operations where the exp form takes 31); in double, 1 - 2 / (1 + e^2x) for |x| >= 0.625 and
+// tanh: in float, x P(x^2) / Q(x^2) with x clamped to [-9, 9] and the result to [-1, 1], a
+// rational function fitted for lstmkit (benchmarks/fit_tanh.py: within 3e-7 of tanh everywhere,
+// so +-(1 - 1.8e-7) beyond 9, and sigmoid's floor is 9e-8; 17 vector operations where the exp
+// form takes 31; NaN stays NaN); in double, 1 - 2 / (1 + e^2x) for |x| >= 0.625 and
 // Cephes' rational function below, where the difference would cancel.
 template <typename T>
 inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
   using S = Simd<T>;
   if constexpr (sizeof(T) == 4) {
-    u = S::min(S::max(u, S::set(-9.0f)), S::set(9.0f));
+    u = S::min(S::set(9.0f), S::max(S::set(-9.0f), u));  // min/max return their 2nd operand if one is NaN
     const auto s = S::mul(u, u);
     auto p = S::set(-8.492771102260738e-14f);
     for (float c : {5.279598286334064e-11f, -2.0228810626576887e-08f, 1.1155229003634304e-05f,
@@ -57,7 +58,7 @@ inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
     auto q = S::set(0.00025462755002081394f);
     for (float c : {0.02449554018676281f, 0.46417418122291565f, 1.0f}) q = S::fma(q, s, S::set(c));
     const auto r = S::div(S::mul(u, p), q);
-    return S::min(S::max(r, S::set(-1.0f)), S::set(1.0f));
+    return S::min(S::set(1.0f), S::max(S::set(-1.0f), r));
   } else {
     const auto one = S::set(T(1)), z = S::mul(u, u);
     const auto big = S::sub(one, S::div(S::set(T(2)), S::add(one, vexp<T>(S::add(u, u)))));
