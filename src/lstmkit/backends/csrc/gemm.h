@@ -8,7 +8,8 @@
 // M=16, K=256, N=1024: MKL 54 GFLOP/s, this kernel 97). B is cut into panels of NR
 // columns, each stored (K, NR) contiguously, so that the micro-kernel streams it with aligned
 // vector loads while up to MR rows of A are broadcast: MR x NR accumulators stay in registers
-// (AVX-512: 8 x 2 vectors, 16 of the 32 zmm registers; AVX2: 4 x 3, 12 of the 16 ymm). Panels
+// (AVX-512: 8 x 2 vectors, 16 of the 32 zmm registers, and for one row panels of 4 vectors;
+// AVX2: 4 x 3, 12 of the 16 ymm). Panels
 // are independent: with several threads they are shared out by at::parallel_for. The product
 // is also the input projection's when its packed weights are small (lstm_cpu.cpp: matmul).
 #pragma once
@@ -29,19 +30,24 @@
 namespace lstmkit {
 
 
+// Panels are V vectors wide (NR = V L columns); a micro-kernel call takes up to rows_for<V> rows.
 #ifdef __AVX512F__
-constexpr int MR = 8;           // rows of A per micro-kernel call: 8 x 2 accumulators of the 32 zmm registers
-constexpr int64_t NR_VECS = 2;  // vectors per panel row: NR = 2 L columns (32 floats: 4H in whole panels)
+constexpr int MR = 8;            // 8 x 2 accumulators of the 32 zmm registers
+constexpr int NR_VECS = 2;       // 32 floats: 4H in whole panels
+constexpr int ROW_VECS = 4;      // one row: 64 columns per panel (B=1, H=128 forward kernel 0.34 -> 0.30 ms)
 #else
-constexpr int MR = 4;           // 4 x 3 accumulators of the 16 ymm registers
-constexpr int64_t NR_VECS = 3;  // NR = 3 L columns
+constexpr int MR = 4;            // 4 x 3 accumulators of the 16 ymm registers
+constexpr int NR_VECS = 3;
+constexpr int ROW_VECS = 3;
 #endif
-constexpr int64_t MC = 64;      // rows of A per block (the time loop's products are one block)
+template <int V>
+constexpr int rows_for = MR * V <= 16 ? MR : 16 / V;  // at most 16 accumulators
+constexpr int64_t MC = 64;       // rows of A per block (the time loop's products are one block)
 
-// B (K, N) as ceil(N / NR) zero-padded panels of shape (K, NR).
-template <typename T>
+// B (K, N) as ceil(N / NR) zero-padded panels of shape (K, NR), NR = V vectors.
+template <typename T, int V = NR_VECS>
 struct Packed {
-  static constexpr int64_t NR = NR_VECS * Simd<T>::L;
+  static constexpr int64_t NR = V * Simd<T>::L;
   int64_t K = 0, N = 0;
   at::Tensor data;  // (panels, K, NR)
   // B[k, n] = src[k * stride_k + n * stride_n].
@@ -64,33 +70,33 @@ struct Packed {
   const T* panel(int64_t p) const { return data.data_ptr<T>() + p * K * NR; }
 };
 
-// C[0:R, 0:NR] = C0[0:R, 0:NR] (or 0 when C0 is null) + A[0:R, :] panel, for R <= MR rows.
-template <typename T, int R>
+// C[0:R, 0:NR] = C0[0:R, 0:NR] (or 0 when C0 is null) + A[0:R, :] panel, for R <= rows_for<V> rows.
+template <typename T, int R, int V>
 inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0,
                          T* C, int64_t ldc) {
   using S = Simd<T>;
-  // With one row, the NR_VECS accumulators would wait on the FMA latency (4 cycles) every k: CH
+  // With one row, the V accumulators would wait on the FMA latency (4 cycles) every k: CH
   // chains over interleaved k, summed at the end, let the loads set the pace (AVX2, B=1, H=128:
   // kernel forward 0.60 -> 0.53 ms for T=128 with two chains).
-  constexpr int CH = R * NR_VECS >= 6 ? 1 : R * NR_VECS >= 3 ? 2 : 4;
-  typename S::V acc[CH][R][NR_VECS];
+  constexpr int CH = R * V >= 6 ? 1 : R * V >= 3 ? 2 : 4;
+  typename S::V acc[CH][R][V];
   // C0 is added at the end: its rows (x_proj[t] in the time loop) often come from memory, so
   // they are prefetched now and arrive while the products run (B=64, H=512: forward kernel 231 -> 208 ms).
   if (C0)
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       __builtin_prefetch(C0 + r * ldc0);
-      __builtin_prefetch(C0 + r * ldc0 + NR_VECS * S::L - 1);
+      __builtin_prefetch(C0 + r * ldc0 + V * S::L - 1);
     }
   _Pragma("GCC unroll 4") for (int c = 0; c < CH; ++c)
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
-      _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) acc[c][r][v] = S::zero();
-  const auto step = [&](int64_t k, typename S::V (&sum)[R][NR_VECS]) {
-    const T* b = panel + k * NR_VECS * S::L;
-    typename S::V bv[NR_VECS];
-    _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) bv[v] = S::load(b + v * S::L);
+      _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) acc[c][r][v] = S::zero();
+  const auto step = [&](int64_t k, typename S::V (&sum)[R][V]) {
+    const T* b = panel + k * V * S::L;
+    typename S::V bv[V];
+    _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) bv[v] = S::load(b + v * S::L);
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       const typename S::V a = S::broadcast(A + r * lda + k);
-      _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) sum[r][v] = S::fma(a, bv[v], sum[r][v]);
+      _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) sum[r][v] = S::fma(a, bv[v], sum[r][v]);
     }
   };
   int64_t k = 0;
@@ -98,50 +104,50 @@ inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, con
     _Pragma("GCC unroll 4") for (int c = 0; c < CH; ++c) step(k + c, acc[c]);
   for (; k < K; ++k) step(k, acc[0]);
   _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
-    _Pragma("GCC unroll 4") for (int v = 0; v < NR_VECS; ++v) {
+    _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) {
       _Pragma("GCC unroll 4") for (int c = 1; c < CH; ++c) acc[0][r][v] = S::add(acc[0][r][v], acc[c][r][v]);
       if (C0) acc[0][r][v] = S::add(acc[0][r][v], S::load(C0 + r * ldc0 + v * S::L));
       S::store(C + r * ldc + v * S::L, acc[0][r][v]);
     }
 }
 
-// micro_kernel<T, rows> for 1 <= rows <= MR.
-template <typename T, int R = MR>
+// micro_kernel<T, rows, V> for 1 <= rows <= rows_for<V>.
+template <typename T, int V, int R = rows_for<V>>
 inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T* panel, const T* C0,
                        int64_t ldc0, T* C, int64_t ldc) {
   if constexpr (R > 1)
-    if (rows < R) return micro_rows<T, R - 1>(rows, K, A, lda, panel, C0, ldc0, C, ldc);
-  micro_kernel<T, R>(K, A, lda, panel, C0, ldc0, C, ldc);
+    if (rows < R) return micro_rows<T, V, R - 1>(rows, K, A, lda, panel, C0, ldc0, C, ldc);
+  micro_kernel<T, R, V>(K, A, lda, panel, C0, ldc0, C, ldc);
 }
 
 // C (M, N; row stride ldc) = C0 (M, N; row stride ldc0, or 0 when null) + A (M, K; row
 // stride lda) @ B. C0 may be C itself (accumulate). The last, partial panel
 // goes through a small tile. backwards: each thread takes its share of the work in reverse order
 // (Product alternates, see there).
-template <typename T>
-void gemm(int64_t M, const T* A, int64_t lda, const Packed<T>& B, const T* C0, int64_t ldc0, T* C,
+template <typename T, int V>
+void gemm(int64_t M, const T* A, int64_t lda, const Packed<T, V>& B, const T* C0, int64_t ldc0, T* C,
           int64_t ldc, bool backwards = false) {
-  constexpr int64_t NR = Packed<T>::NR;
+  constexpr int64_t NR = Packed<T, V>::NR, MR_ = rows_for<V>;
   const int64_t panels = (B.N + NR - 1) / NR, K = B.K;
   // Blocks of MC rows of A (MC x K stays in L2) times every panel; blocks and panels are shared
   // out to threads in that order.
   const int64_t blocks = (M + MC - 1) / MC, work = blocks * panels;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, std::min(M, MC) * K * NR));
   at::parallel_for(0, work, grain, [&](int64_t first, int64_t last) {
-    T tile[MR * NR], tile0[MR * NR] = {};  // tile0: columns past the last are read, never used
+    T tile[MR_ * NR], tile0[MR_ * NR] = {};  // tile0: columns past the last are read, never used
     for (int64_t next = first; next < last; ++next) {
       const int64_t i = backwards ? first + last - 1 - next : next;
       const int64_t p = i % panels, n0 = p * NR, cols = std::min(NR, B.N - n0);
-      for (int64_t m = i / panels * MC, m_end = std::min(M, m + MC); m < m_end; m += MR) {
-        const int64_t rows = std::min<int64_t>(MR, m_end - m);
+      for (int64_t m = i / panels * MC, m_end = std::min(M, m + MC); m < m_end; m += MR_) {
+        const int64_t rows = std::min<int64_t>(MR_, m_end - m);
         if (cols == NR) {
-          micro_rows<T>(rows, K, A + m * lda, lda, B.panel(p), C0 ? C0 + m * ldc0 + n0 : nullptr, ldc0,
+          micro_rows<T, V>(rows, K, A + m * lda, lda, B.panel(p), C0 ? C0 + m * ldc0 + n0 : nullptr, ldc0,
                         C + m * ldc + n0, ldc);
           continue;
         }
         if (C0)
           for (int64_t r = 0; r < rows; ++r) std::memcpy(tile0 + r * NR, C0 + (m + r) * ldc0 + n0, cols * sizeof(T));
-        micro_rows<T>(rows, K, A + m * lda, lda, B.panel(p), C0 ? tile0 : nullptr, NR, tile, NR);
+        micro_rows<T, V>(rows, K, A + m * lda, lda, B.panel(p), C0 ? tile0 : nullptr, NR, tile, NR);
         for (int64_t r = 0; r < rows; ++r) std::memcpy(C + (m + r) * ldc + n0, tile + r * NR, cols * sizeof(T));
       }
     }
@@ -197,18 +203,21 @@ template <typename T>
 struct Product {
   at::Tensor b;  // (K, N), any strides
   std::optional<Packed<T>> packed;
+  std::optional<Packed<T, ROW_VECS>> packed_row;  // for products of one row: wider panels
   bool one_row;  // gemv()
   mutable bool backwards = false;
   Product(const at::Tensor& b_, int64_t steps, int64_t rows) : b(b_) {
     one_row = rows == 1 && b.stride(0) == 1 && b.numel() * int64_t(sizeof(T)) >= GEMV_BYTES;
-    if (!one_row && steps >= PACK_STEPS && Simd<T>::L > 1)
-      packed.emplace(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
+    if (one_row || steps < PACK_STEPS || Simd<T>::L == 1) return;
+    if (rows == 1) packed_row.emplace(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
+    else packed.emplace(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
   }
   // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + A (M, K; lda) @ B.
   void operator()(int64_t M, const T* A, int64_t lda, const T* C0, int64_t ldc0, T* C, int64_t ldc) const {
     backwards = !backwards;
     if (one_row) return gemv<T>(A, b, C0, C, backwards);
     if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, C, ldc, backwards);
+    if (packed_row) return gemm<T>(M, A, lda, *packed_row, C0, ldc0, C, ldc, backwards);
     const auto options = b.options();
     const at::Tensor a = at::from_blob(const_cast<T*>(A), {M, b.size(0)}, {lda, 1}, options);
     at::Tensor c = at::from_blob(C, {M, b.size(1)}, {ldc, 1}, options);
