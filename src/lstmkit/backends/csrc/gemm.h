@@ -9,9 +9,9 @@
 // columns, each stored (K, NR) contiguously, so that the micro-kernel streams it with aligned
 // vector loads while up to MR rows of A are broadcast: MR x NR accumulators stay in registers
 // (AVX-512: 8 x 2 vectors, 16 of the 32 zmm registers, and for one row panels of 4 vectors;
-// AVX2: 4 x 3, 12 of the 16 ymm). Panels
-// are independent: with several threads they are shared out by at::parallel_for. The product
-// is also the input projection's when its packed weights are small (lstm_cpu.cpp: matmul).
+// AVX2: 4 x 3, 12 of the 16 ymm). Panels are independent: with several threads they are shared
+// out by at::parallel_for. The product is also the input projection's when its packed weights
+// are small (lstm_cpu.cpp: matmul).
 #pragma once
 
 #include <ATen/Parallel.h>

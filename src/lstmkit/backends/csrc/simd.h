@@ -1,7 +1,8 @@
 // lstmkit's fused CPU kernel, the instruction set: Simd<T> is one vector of L values of T and the
 // operations gemm.h and lstm_math.h are written with, for the widest set the build enables
 // (cpu_build.py passes the CPU's flags): AVX-512 (16 floats / 8 doubles), AVX2 + FMA (8 / 4), or
-// one lane (portable C++, the same code). Included by gemm.h and lstm_math.h only.
+// one lane (portable C++, the same code). Double has the extra operations of lstm_math.h's exp
+// and tanh; float's rational tanh needs none of them. Included by gemm.h and lstm_math.h only.
 #pragma once
 
 #include <cmath>
@@ -24,17 +25,12 @@ template <> struct Simd<float> {
   static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
-  static V fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
-  static V abs(V a) { return _mm512_abs_ps(a); }
-  static V round(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static V ldexp(V a, V n) { return _mm512_scalef_ps(a, n); }  // a 2^n, n integral
-  static V select_lt(V a, V b, V x, V y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x); }
   static float sum(V a) { return _mm512_reduce_add_ps(a); }
 };
 template <> struct Simd<double> {
@@ -46,7 +42,7 @@ template <> struct Simd<double> {
   static V broadcast(const double* p) { return _mm512_set1_pd(*p); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  static V fnma(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
+  static V fnma(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }  // c - a b
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
   static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
@@ -55,7 +51,7 @@ template <> struct Simd<double> {
   static V max(V a, V b) { return _mm512_max_pd(a, b); }
   static V abs(V a) { return _mm512_abs_pd(a); }
   static V round(V a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static V ldexp(V a, V n) { return _mm512_scalef_pd(a, n); }
+  static V ldexp(V a, V n) { return _mm512_scalef_pd(a, n); }  // a 2^n, n integral
   static V select_lt(V a, V b, V x, V y) { return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x); }
   static double sum(V a) { return _mm512_reduce_add_pd(a); }
 };
@@ -69,20 +65,12 @@ template <> struct Simd<float> {
   static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V fnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V div(V a, V b) { return _mm256_div_ps(a, b); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
-  static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-  static V round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static V ldexp(V a, V n) {  // the exponent field of 2^n, built from the integer n
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
-  }
-  static V select_lt(V a, V b, V x, V y) { return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
   static float sum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_hadd_ps(s, s);
@@ -107,7 +95,7 @@ template <> struct Simd<double> {
   static V max(V a, V b) { return _mm256_max_pd(a, b); }
   static V abs(V a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
   static V round(V a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static V ldexp(V a, V n) {
+  static V ldexp(V a, V n) {  // the exponent field of 2^n, built from the integer n
     const __m128i n32 = _mm_add_epi32(_mm256_cvtpd_epi32(n), _mm_set1_epi32(1023));
     return _mm256_mul_pd(a, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_cvtepi32_epi64(n32), 52)));
   }
