@@ -15,7 +15,7 @@ import torch
 
 import lstmkit
 from lstmkit import backends
-from lstmkit.backends import cpu
+from lstmkit.backends import cpu, cpu_build
 from tests.backends import test_torch_loop as generic
 from tests.helpers import assert_close
 from tests.backends.test_torch_loop import (  # noqa: F401  (collected here, with backend="cpu")
@@ -68,8 +68,8 @@ OPTIONS = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gemm_tiles_and_tails(options, batch, steps, dtype):
     """H = 19: 4H = 76 columns are full panels (AVX2: 3 of 24 floats, 6 of 12 doubles; AVX-512: 2 of
-    32 floats, 4 of 16 doubles) and a tail (4; 12). K = 19 (or 38 with full peepholes, 7 with a projection) is odd for the
-    one-row kernel's chains."""
+    32 floats, 4 of 16 doubles, one row 1 of 64 / 2 of 32) and a tail. K = 19 (or 38 with full
+    peepholes, 7 with a projection) is odd for the one-row kernel's chains."""
     module = lstmkit.LSTM(11, 19, dtype=dtype, backend="cpu", bidirectional=True, **options)
     lengths = None if batch == 1 else [steps, 0, 2, steps, 1, steps - 1, 3, 1, steps, 2, steps][:batch]
     check_against_reference(module, torch.randn(steps, batch, 11), lengths=lengths, dtype=dtype)
@@ -218,9 +218,7 @@ def test_large_buffers_are_reused_only_when_free():
 def test_other_instruction_sets(isa, tmp_path):
     """The kernel built for each instruction set this CPU runs (csrc/simd.h; $LSTMKIT_CPU_ISA) passes
     the tile, one-row, thread and float32 tests of this file, in a fresh process and kernel cache."""
-    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
-    needed = {"portable": set(), "avx2": {"avx2", "fma"}, "avx512": {"avx2", "fma", "avx512f"}}[isa]
-    if not needed <= flags:
+    if isa not in cpu_build.supported_isas():
         pytest.skip(f"this CPU has no {isa}")
     env = dict(os.environ, LSTMKIT_CPU_ISA=isa, LSTMKIT_CACHE=str(tmp_path))
     selection = "tiles_and_tails or one_row or threads or float32_gates or reused"
@@ -252,8 +250,6 @@ def test_nan_stays_nan(hidden):
 def test_instruction_set_choice(monkeypatch):
     """The widest instruction set the CPU has, or the one $LSTMKIT_CPU_ISA names if the CPU has it."""
     from types import SimpleNamespace
-
-    from lstmkit.backends import cpu_build
 
     def cpu_with(flags):
         monkeypatch.setattr(cpu_build, "Path", lambda _: SimpleNamespace(read_text=lambda: f"flags : {flags}"))

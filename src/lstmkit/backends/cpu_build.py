@@ -28,22 +28,26 @@ _state: dict = {}
 ISA_FLAGS = {"avx512": ["-mavx2", "-mfma", "-mavx512f"], "avx2": ["-mavx2", "-mfma"], "portable": []}
 
 
-def isa() -> str:
-    """The instruction set the kernel is built for (csrc/simd.h): ``$LSTMKIT_CPU_ISA`` if set (one
-    the CPU has), else the widest of avx512, avx2 (with FMA) the CPU has, else portable C++."""
+def supported_isas() -> list[str]:
+    """The instruction sets of ISA_FLAGS this CPU runs, widest first."""
     try:
         cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         cpu_flags = set()
-    x86 = platform.machine() in ("x86_64", "AMD64")
-    has = {"portable": True, "avx2": x86 and {"avx2", "fma"} <= cpu_flags}
-    has["avx512"] = has["avx2"] and "avx512f" in cpu_flags
+    avx2 = platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= cpu_flags
+    return ["avx512"] * (avx2 and "avx512f" in cpu_flags) + ["avx2"] * avx2 + ["portable"]
+
+
+def isa() -> str:
+    """The instruction set the kernel is built for (csrc/simd.h): ``$LSTMKIT_CPU_ISA`` if set (one
+    the CPU has), else the widest of avx512, avx2 (with FMA) the CPU has, else portable C++."""
+    supported = supported_isas()
     chosen = os.environ.get("LSTMKIT_CPU_ISA", "")
     if not chosen:
-        return "avx512" if has["avx512"] else "avx2" if has["avx2"] else "portable"
+        return supported[0]
     if chosen not in ISA_FLAGS:
         raise ValueError(f"LSTMKIT_CPU_ISA must be one of {', '.join(ISA_FLAGS)}, got {chosen!r}")
-    if not has[chosen]:
+    if chosen not in supported:
         raise ValueError(f"LSTMKIT_CPU_ISA={chosen}, but this CPU does not have it")
     return chosen
 
