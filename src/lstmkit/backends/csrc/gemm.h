@@ -194,16 +194,15 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, T* y, bool backwards = f
 // gemm() when the call has enough steps to repay the packing and the CPU has the vector units
 // the micro-kernel is written for; otherwise the BLAS on B as it is (a one-step call, such as
 // LSTMCell's, would read and write the weights once more than it uses them). One row against a
-// B of 2 MiB or more with contiguous columns goes to gemv() instead: packing is pure cost
-// where the packed copy does not stay close to the core between steps (B=1 kernel, alternating
-// builds: Zen 3 (512 KiB L2), H=512: 13.8 ms unpacked, 15.7 packed; Xeon with AVX-512 (2 MiB L2):
-// H=256 full peepholes (2 MiB) 3.3 unpacked, 4.4 packed, H=512 12.3 and 13.5; at 1 MiB (H=256)
-// packed is 6 % faster, at 256 KiB 5-9 %).
+// B of 1 MiB or more with contiguous columns goes to gemv() instead: packing is pure cost
+// where the packed copy does not stay close to the core between steps (B=1 forward kernel,
+// alternating builds: Zen 3 (512 KiB L2), H=512: 13.8 ms unpacked, 15.7 packed; Xeon with AVX-512
+// (2 MiB L2), H=256 (1 MB): 1.07 ms unpacked, 1.21 packed; H=128: packed 5-9 % faster on both).
 // Successive calls run through B in alternate directions: when B does not fit in L2, each step
 // then starts on the part of B the previous step read last, still in L2, instead of evicting
 // it just before it is needed (LRU against a cyclic sweep keeps nothing).
 constexpr int64_t PACK_STEPS = 4;
-constexpr int64_t GEMV_BYTES = int64_t(2) << 20;
+constexpr int64_t GEMV_BYTES = int64_t(1) << 20;
 
 template <typename T>
 struct Product {
