@@ -58,9 +58,8 @@ def _forward(x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, var
     """The kernel's forward; returns its outputs and its weight and lengths arguments (w_rec, peep, w_hr, lens)."""
     flags, params = _codes(variant)
     empty = x_proj.new_empty(0)
-    full = variant.peephole == "full"
-    w_rec = torch.cat([weight_hh, peephole_weight], 1) if full else weight_hh.contiguous()  # (4H, K)
-    peep = peephole_weight.contiguous() if variant.peephole == "diagonal" else empty  # (3, H)
+    w_rec = weight_hh.contiguous()  # R (4H, P)
+    peep = empty if variant.peephole is None else peephole_weight.contiguous()  # (3, H) diagonal, Q (4H, H) full
     w_hr = empty if weight_hr is None else weight_hr.contiguous()  # (P, H)
     lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
     out = cpu_build.load().forward(x_proj.contiguous(), h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr, lens,
@@ -71,8 +70,9 @@ def _forward(x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, var
 class FusedRecurrence(torch.autograd.Function):
     """One layer and direction through the kernel; backward through time by the kernel too.
 
-    The recurrent weights of the kernel are ``w_rec`` = R (4H, P), or [R, Q] (4H, P + H) with
-    full peepholes, so that R h^{t-1} + Q c^{t-1} is one matrix product per step.
+    With full peepholes the kernel's product per step is [h^{t-1}, c^{t-1}] [R, Q]^T, one product
+    over R (4H, P) and Q (4H, H) packed together (csrc/gemm.h: Packed); its weight gradient is
+    one (4H, P + H) matrix, split here.
     """
 
     @staticmethod

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "simd.h"
 
@@ -44,32 +45,40 @@ template <int V>
 constexpr int rows_for = MR * V <= 16 ? MR : 16 / V;  // at most 16 accumulators
 constexpr int64_t MC = 64;       // rows of A per block (the time loop's products are one block)
 
-// B (K, N) as ceil(N / NR) zero-padded panels of shape (K, NR), NR = V vectors.
+// B (K, N) as ceil(N / NR) zero-padded panels of shape (K, NR), NR = V vectors. B is the parts
+// (K_i, N) (any strides) stacked along k: the recurrent weights with full peepholes are [R, Q]^T.
 template <typename T, int V = NR_VECS>
 struct Packed {
   static constexpr int64_t NR = V * Simd<T>::L;
   int64_t K = 0, N = 0;
   at::Tensor data;  // (panels, K, NR)
-  // B[k, n] = src[k * stride_k + n * stride_n].
-  Packed(const T* src, int64_t K_, int64_t N_, int64_t stride_k, int64_t stride_n) : K(K_), N(N_) {
+  explicit Packed(const std::vector<at::Tensor>& parts) : N(parts.at(0).size(1)) {
+    for (const auto& part : parts) K += part.size(0);
     const int64_t panels = (N + NR - 1) / NR;
     data = at::empty({panels, K, NR}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-    // Read src in memory order, along k or along n. Along k, in blocks of KB: a whole column of
-    // the panel at once writes K lines NR values apart, which share a few L1 sets and evict each
-    // other from K = 256 on (packing 4H x 2H at H=128: 260 µs; in blocks: 47 µs).
-    constexpr int64_t KB = 16;
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t cols = std::min(NR, N - p * NR);
-      const T* s = src + p * NR * stride_n;
-      T* d = data.data_ptr<T>() + p * K * NR;
-      if (stride_k < stride_n)
-        for (int64_t k0 = 0; k0 < K; k0 += KB)
-          for (int64_t j = 0, k_end = std::min(K, k0 + KB); j < cols; ++j)
-            for (int64_t k = k0; k < k_end; ++k) d[k * NR + j] = s[j * stride_n + k * stride_k];
-      else
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t j = 0; j < cols; ++j) d[k * NR + j] = s[k * stride_k + j * stride_n];
-      for (int64_t k = 0; k < K && cols < NR; ++k) std::fill(d + k * NR + cols, d + (k + 1) * NR, T(0));  // padding
+    int64_t k_first = 0;  // the part's first row in B
+    for (const auto& part : parts) {
+      const T* src = part.data_ptr<T>();
+      const int64_t stride_k = part.stride(0), stride_n = part.stride(1), k_end = k_first + part.size(0);
+      // B[k, n] = src[(k - k_first) stride_k + n stride_n], read in memory order, along k or
+      // along n. Along k, in blocks of KB: a whole column of the panel at once writes K lines NR
+      // values apart, which share a few L1 sets and evict each other from K = 256 on (packing
+      // 4H x 2H at H=128: 260 µs; in blocks: 47 µs).
+      constexpr int64_t KB = 16;
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t cols = std::min(NR, N - p * NR);
+        const T* s = src + p * NR * stride_n - k_first * stride_k;
+        T* d = data.data_ptr<T>() + p * K * NR;
+        if (stride_k < stride_n)
+          for (int64_t k0 = k_first; k0 < k_end; k0 += KB)
+            for (int64_t j = 0, k_stop = std::min(k_end, k0 + KB); j < cols; ++j)
+              for (int64_t k = k0; k < k_stop; ++k) d[k * NR + j] = s[j * stride_n + k * stride_k];
+        else
+          for (int64_t k = k_first; k < k_end; ++k)
+            for (int64_t j = 0; j < cols; ++j) d[k * NR + j] = s[k * stride_k + j * stride_n];
+        for (int64_t k = k_first; k < k_end && cols < NR; ++k) std::fill(d + k * NR + cols, d + (k + 1) * NR, T(0));
+      }
+      k_first = k_end;
     }
   }
   const T* panel(int64_t p) const { return data.data_ptr<T>() + p * K * NR; }
@@ -209,32 +218,42 @@ constexpr int64_t GEMV_BYTES = int64_t(1) << 20;
 
 template <typename T>
 struct Product {
-  at::Tensor b;  // (K, N), any strides
+  std::vector<at::Tensor> parts;  // B (K, N) = the parts (K_i, N) stacked along k, any strides
   std::optional<Packed<T>> packed;
   std::optional<Packed<T, ROW_VECS>> packed_row;  // for products of one row: wider panels
-  bool one_row;  // gemv()
+  bool one_row = true;  // gemv() over each part
   mutable bool backwards = false;
-  Product(const at::Tensor& b_, int64_t steps, int64_t rows) : b(b_) {
-    one_row = rows == 1 && b.stride(0) == 1 && b.numel() * int64_t(sizeof(T)) >= GEMV_BYTES;
+  Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows) : parts(std::move(parts_)) {
+    int64_t bytes = 0;
+    for (const auto& part : parts) bytes += part.numel() * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
+    one_row &= rows == 1 && bytes >= GEMV_BYTES;
     if (one_row || steps < PACK_STEPS || Simd<T>::L == 1) return;
-    if (rows == 1) packed_row.emplace(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
-    else packed.emplace(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
+    if (rows == 1) packed_row.emplace(parts); else packed.emplace(parts);
   }
+  Product(const at::Tensor& b, int64_t steps, int64_t rows) : Product(std::vector<at::Tensor>{b}, steps, rows) {}
   // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + A (M, K; lda) @ B.
   void operator()(int64_t M, const T* A, int64_t lda, const T* C0, int64_t ldc0, T* C, int64_t ldc) const {
     backwards = !backwards;
-    if (one_row) return gemv<T>(A, b, C0, C, backwards);
     if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, C, ldc, backwards);
     if (packed_row) return gemm<T>(M, A, lda, *packed_row, C0, ldc0, C, ldc, backwards);
-    const auto options = b.options();
-    const at::Tensor a = at::from_blob(const_cast<T*>(A), {M, b.size(0)}, {lda, 1}, options);
-    at::Tensor c = at::from_blob(C, {M, b.size(1)}, {ldc, 1}, options);
-    if (!C0) {
-      at::mm_out(c, a, b);
-      return;
+    const int64_t n = int64_t(parts.size());
+    for (int64_t i = 0; i < n; ++i) {  // part by part, each adding to C; last one first when backwards
+      const int64_t part = backwards ? n - 1 - i : i;
+      const auto& b = parts[part];
+      const T* a_part = A;
+      for (int64_t j = 0; j < part; ++j) a_part += parts[j].size(0);
+      if (one_row) {
+        gemv<T>(a_part, b, C0, C, backwards);
+      } else {
+        const auto options = b.options();
+        const at::Tensor a = at::from_blob(const_cast<T*>(a_part), {M, b.size(0)}, {lda, 1}, options);
+        at::Tensor c = at::from_blob(C, {M, b.size(1)}, {ldc, 1}, options);
+        if (!C0) at::mm_out(c, a, b);
+        else if (C0 == C) c.addmm_(a, b);
+        else at::addmm_out(c, at::from_blob(const_cast<T*>(C0), {M, b.size(1)}, {ldc0, 1}, options), a, b);
+      }
+      C0 = C, ldc0 = ldc;
     }
-    if (C0 != C) c.copy_(at::from_blob(const_cast<T*>(C0), {M, b.size(1)}, {ldc0, 1}, options));
-    c.addmm_(a, b);
   }
 };
 

@@ -130,7 +130,7 @@ struct Rows {
 constexpr int64_t OWN_MATMUL_ROWS = 4 * MC, OWN_MATMUL_BYTES = int64_t(512) << 10;
 template <typename T>
 void own_matmul(const Tensor& a, const Tensor& b, const Tensor& bias, Tensor& out) {
-  const Packed<T> packed(b.data_ptr<T>(), b.size(0), b.size(1), b.stride(0), b.stride(1));
+  const Packed<T> packed({b});
   gemm<T>(a.size(0), a.data_ptr<T>(), a.stride(0), packed, bias.numel() ? bias.data_ptr<T>() : nullptr, 0,
           out.data_ptr<T>(), out.stride(0));
 }
@@ -149,7 +149,7 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
                                  const Tensor& peep, const Tensor& w_hr, const Tensor& lengths, const Opts& o,
                                  bool reverse, bool train) {
   const int64_t T_ = x_proj.size(0), B = x_proj.size(1), G = x_proj.size(2), H = G / 4;
-  const int64_t P = h0.size(1), K = w_rec.size(1);
+  const int64_t P = h0.size(1), K = P + (o.full ? H : 0);  // GEMM input [h^{t-1}, c^{t-1}]
   const bool proj = w_hr.numel() > 0;
   auto opt = x_proj.options();
   Tensor y = empty_large({T_, B, P}, opt);
@@ -166,7 +166,7 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
   }
   const Rows<T> x_proj_(x_proj), y_(y), hin_(hin), c_(c), zs_(zs), a_(a), c_new_(c_new), h_new_(h_new);
   const Rows<T> zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), hbuf_(hbuf), abuf_(abuf);
-  const Product<T> rec(w_rec.t(), T_, B);  // [R, Q]^T (K, G)
+  const Product<T> rec(o.full ? std::vector<Tensor>{w_rec.t(), peep.t()} : std::vector<Tensor>{w_rec.t()}, T_, B);  // [R, Q]^T (K, G)
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr.t(), T_, B);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
@@ -243,7 +243,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
                                   const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, const Tensor& lengths,
                                   const Opts& o, bool reverse) {
   const int64_t T_ = zbuf.size(0), B = zbuf.size(1), G = zbuf.size(2), H = G / 4;
-  const int64_t P = dh_n.size(1), K = w_rec.size(1);
+  const int64_t P = dh_n.size(1), K = P + (o.full ? H : 0);
   const bool proj = w_hr.numel() > 0;
   auto opt = zbuf.options();
   Tensor dZ = empty_large({T_, B, G}, opt);                          // = d x_proj
@@ -252,7 +252,9 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   Tensor dhtot = proj ? at::zeros({T_, B, P}, opt) : Tensor();
   Tensor dpeep = at::zeros({3, H}, opt);
   const Rows<T> dZ_(dZ), zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), dhtot_(dhtot);
-  const Product<T> rec(w_rec, T_, B);  // [R, Q] (G, K)
+  const Product<T> rec(w_rec, T_, B);  // R (G, P)
+  std::optional<Product<T>> rec_c;
+  if (o.full) rec_c.emplace(peep, T_, B);  // Q (G, H)
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr, T_, B);  // W_hr (P, H)
   // Absent options become neutral constants, so that the per-element loop has no branches.
@@ -318,6 +320,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
       }
     }
     rec(B, dZ_[t], G, nullptr, 0, dhin_p, K);  // dL/d[h^{t-1}, c^{t-1}] = [R, Q]^T dz
+    if (rec_c) (*rec_c)(B, dZ_[t], G, nullptr, 0, dhin_p + P, K);
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;  // an idle step passes dh, dc through unchanged
       std::memcpy(dh_p + b * P, dhin_p + b * K, P * sizeof(T));
