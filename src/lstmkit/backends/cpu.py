@@ -119,7 +119,7 @@ class Projection(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])  # (T*B, 4H)
         d_x = cpu_build.load().matmul(g, weight, g.new_empty(0)).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
-        d_weight = g.t().mm(x2) if ctx.needs_input_grad[1] else None
+        d_weight = cpu_build.load().weight_grad(g, x2) if ctx.needs_input_grad[1] else None  # g^T x
         d_bias = g.sum(0) if ctx.needs_input_grad[2] else None
         return d_x, d_weight, d_bias
 

@@ -143,6 +143,13 @@ Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias) {
   return out;
 }
 
+// dz^T x (N, K) for dz (M, N), x (M, K): a weight gradient summed over M = T B rows. From 1024 rows
+// on as (x^T dz)^T, a transposed view: MKL is 2-8 % faster that way round at T B = 2048-8192
+// (one thread; B=64 H=128 forward+backward 64.5 -> 61.2 ms), not at 128 (B=1).
+Tensor weight_grad(const Tensor& dz, const Tensor& x) {
+  return dz.size(0) >= 1024 ? at::mm(x.t(), dz).t() : at::mm(dz.t(), x);
+}
+
 // ---------------------------------------------------------------- forward
 template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const Tensor& c0, const Tensor& w_rec,
@@ -328,8 +335,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
     }
   }
   // Weight gradients: one GEMM each over all steps, by the BLAS (gemm.h wants A's rows contiguous).
-  Tensor dw_rec = at::mm(dZ.view({T_ * B, G}).t(), hbuf.view({T_ * B, K}));  // (G, K)
-  Tensor dw_hr = proj ? at::mm(dhtot.view({T_ * B, P}).t(), abuf.view({T_ * B, H})) : at::empty({0}, opt);
+  Tensor dw_rec = weight_grad(dZ.view({T_ * B, G}), hbuf.view({T_ * B, K}));  // (G, K)
+  Tensor dw_hr = proj ? weight_grad(dhtot.view({T_ * B, P}), abuf.view({T_ * B, H})) : at::empty({0}, opt);
   return {dZ, dh, dc, dw_rec, dpeep, dw_hr};
 }
 
@@ -359,6 +366,7 @@ TORCH_LIBRARY(lstmkit_cpu, m) {
   m.def("forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor w_rec, Tensor peep, Tensor w_hr, Tensor lengths, "
         "int[] flags, float[] params, bool reverse, bool train) -> Tensor[]", &lstm_forward);
   m.def("matmul(Tensor a, Tensor b, Tensor bias) -> Tensor", &matmul);
+  m.def("weight_grad(Tensor dz, Tensor x) -> Tensor", &weight_grad);
   m.def("release_memory() -> ()", &release_memory);
   m.def("backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor zbuf, Tensor cbuf, Tensor cprev, Tensor hbuf, "
         "Tensor abuf, Tensor w_rec, Tensor peep, Tensor w_hr, Tensor lengths, int[] flags, float[] params, "
