@@ -83,6 +83,14 @@ def test_one_row_against_large_weights(options):
     check_against_reference(module, torch.randn(6, 1, 3), dtype=torch.float64)
 
 
+@pytest.mark.parametrize("options", OPTIONS[:3])
+def test_many_rows_against_large_weights(options):
+    """B = 32 with recurrent weights of 4 MiB and more (here 4.2 MB; 8.4 with full peepholes, as two
+    parts): the BLAS on contiguous weights, forward and backward (csrc/gemm.h: BLAS_ROWS)."""
+    module = lstmkit.LSTM(3, 363, dtype=torch.float64, backend="cpu", **options)
+    check_against_reference(module, torch.randn(5, 32, 3), dtype=torch.float64)
+
+
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])
 def test_threads_share_out_panels(batch, options):
     """With two threads the (row block, panel) pieces of each product are shared out: the forward

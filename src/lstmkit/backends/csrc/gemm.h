@@ -213,8 +213,12 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, T* y, bool backwards = f
 // Successive calls run through B in alternate directions: when B does not fit in L2, each step
 // then starts on the part of B the previous step read last, still in L2, instead of evicting
 // it just before it is needed (LRU against a cyclic sweep keeps nothing).
+// Many rows against weights far beyond L2 go to the BLAS as well: there MKL's own blocking beats
+// the panels (AVX-512 Xeon, B=64 H=512, 4 MiB: forward 249 -> 242 ms, forward+backward 752 -> 728,
+// alternating builds), not at B=16 or with 1-2 MiB (B=16 H=512 recurrence 35.6 ms packed, 46.7 BLAS).
 constexpr int64_t PACK_STEPS = 4;
 constexpr int64_t GEMV_BYTES = int64_t(1) << 20;
+constexpr int64_t BLAS_ROWS = 32, BLAS_BYTES = int64_t(4) << 20;
 
 template <typename T>
 struct Product {
@@ -227,6 +231,10 @@ struct Product {
     int64_t bytes = 0;
     for (const auto& part : parts) bytes += part.numel() * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
     one_row &= rows == 1 && bytes >= GEMV_BYTES;
+    if (rows >= BLAS_ROWS && bytes >= BLAS_BYTES) {  // the BLAS, on contiguous weights
+      for (auto& part : parts) part = part.contiguous();
+      return;
+    }
     if (one_row || steps < PACK_STEPS || Simd<T>::L == 1) return;
     if (rows == 1) packed_row.emplace(parts); else packed.emplace(parts);
   }
