@@ -83,12 +83,41 @@ def test_one_row_against_large_weights(options):
     check_against_reference(module, torch.randn(6, 1, 3), dtype=torch.float64)
 
 
+@pytest.mark.parametrize("steps", [2, 5])  # the BLAS on the weights as they are; on a contiguous copy
 @pytest.mark.parametrize("options", OPTIONS[:3])
-def test_many_rows_against_large_weights(options):
+def test_many_rows_against_large_weights(options, steps):
     """B = 32 with recurrent weights of 4 MiB and more (here 4.2 MB; 8.4 with full peepholes, as two
-    parts): the BLAS on contiguous weights, forward and backward (csrc/gemm.h: BLAS_ROWS)."""
+    parts): the BLAS, forward and backward (csrc/gemm.h: BLAS_ROWS), and inference alike."""
     module = lstmkit.LSTM(3, 363, dtype=torch.float64, backend="cpu", **options)
-    check_against_reference(module, torch.randn(5, 32, 3), dtype=torch.float64)
+    x = torch.randn(steps, 32, 3, dtype=torch.float64)
+    check_against_reference(module, x, dtype=torch.float64)
+    trained = module(x)
+    with torch.no_grad():
+        inferred = module(x)
+    for a, b in zip((trained[0], *trained[1]), (inferred[0], *inferred[1])):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", [{"proj_size": 3}, {"peephole": "full", "bidirectional": True}])
+def test_weight_gradients_over_many_rows(options):
+    """T B = 1040 rows: the weight gradients as (x^T dz)^T (csrc/lstm_cpu.cpp: weight_grad), with a
+    projection's W_hr and with full peepholes' Q among them."""
+    module = lstmkit.LSTM(4, 6, dtype=torch.float64, backend="cpu", **options)
+    check_against_reference(module, torch.randn(65, 16, 4), dtype=torch.float64)
+
+
+def test_kernel_refuses_weights_of_the_wrong_shape():
+    """The kernel sizes its products from H and P, not from the weights: weights of another shape
+    (such as the concatenated [R, Q] it once took) are refused, not read past their end."""
+    H, P, B = 4, 4, 2
+    flags, params = cpu._codes(lstmkit.Variant.create(peephole="full"))
+    x_proj, h0, c0 = torch.randn(3, B, 4 * H), torch.zeros(B, P), torch.zeros(B, H)
+    r, q, empty = torch.randn(4 * H, P), torch.randn(4 * H, H), torch.empty(0)
+    ops, lens = cpu_build.load(), torch.empty(0, dtype=torch.int64)
+    ops.forward(x_proj, h0, c0, r, q, empty, lens, flags, params, False, False)  # the right shapes run
+    for w_rec, peep in ((torch.cat([r, q], 1), q), (r, empty), (r, torch.randn(3, H))):
+        with pytest.raises(RuntimeError, match="must be"):
+            ops.forward(x_proj, h0, c0, w_rec, peep, empty, lens, flags, params, False, False)
 
 
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])

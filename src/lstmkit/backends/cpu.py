@@ -70,9 +70,10 @@ def _forward(x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, var
 class FusedRecurrence(torch.autograd.Function):
     """One layer and direction through the kernel; backward through time by the kernel too.
 
-    With full peepholes the kernel's product per step is [h^{t-1}, c^{t-1}] [R, Q]^T, one product
-    over R (4H, P) and Q (4H, H) packed together (csrc/gemm.h: Packed); its weight gradient is
-    one (4H, P + H) matrix, split here.
+    With full peepholes the kernel's product per step is [h^{t-1}, c^{t-1}] [R, Q]^T over R (4H, P)
+    and Q (4H, H): one product where the weights are packed (together, csrc/gemm.h: Packed), one
+    per matrix on the other paths and in backward; its weight gradient is one (4H, P + H) matrix,
+    split here.
     """
 
     @staticmethod

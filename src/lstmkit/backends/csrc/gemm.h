@@ -53,7 +53,10 @@ struct Packed {
   int64_t K = 0, N = 0;
   at::Tensor data;  // (panels, K, NR)
   explicit Packed(const std::vector<at::Tensor>& parts) : N(parts.at(0).size(1)) {
-    for (const auto& part : parts) K += part.size(0);
+    for (const auto& part : parts) {
+      TORCH_CHECK(part.size(1) == N, "Packed: parts differ in N");
+      K += part.size(0);
+    }
     const int64_t panels = (N + NR - 1) / NR;
     data = at::empty({panels, K, NR}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     int64_t k_first = 0;  // the part's first row in B
@@ -213,7 +216,8 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, T* y, bool backwards = f
 // Successive calls run through B in alternate directions: when B does not fit in L2, each step
 // then starts on the part of B the previous step read last, still in L2, instead of evicting
 // it just before it is needed (LRU against a cyclic sweep keeps nothing).
-// Many rows against weights far beyond L2 go to the BLAS as well: there MKL's own blocking beats
+// Many rows against weights far beyond L2 go to the BLAS as well (on a contiguous copy, in calls
+// long enough to repay it): there MKL's own blocking beats
 // the panels (AVX-512 Xeon, B=64 H=512, 4 MiB: forward 249 -> 242 ms, forward+backward 752 -> 728,
 // alternating builds), not at B=16 or with 1-2 MiB (B=16 H=512 recurrence 35.6 ms packed, 46.7 BLAS).
 constexpr int64_t PACK_STEPS = 4;
@@ -231,7 +235,7 @@ struct Product {
     int64_t bytes = 0;
     for (const auto& part : parts) bytes += part.numel() * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
     one_row &= rows == 1 && bytes >= GEMV_BYTES;
-    if (rows >= BLAS_ROWS && bytes >= BLAS_BYTES) {  // the BLAS, on contiguous weights
+    if (steps >= PACK_STEPS && rows >= BLAS_ROWS && bytes >= BLAS_BYTES) {  // the BLAS, on contiguous weights
       for (auto& part : parts) part = part.contiguous();
       return;
     }

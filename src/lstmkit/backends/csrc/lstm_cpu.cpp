@@ -144,8 +144,9 @@ Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias) {
 }
 
 // dz^T x (N, K) for dz (M, N), x (M, K): a weight gradient summed over M = T B rows. From 1024 rows
-// on as (x^T dz)^T, a transposed view: MKL is 2-8 % faster that way round at T B = 2048-8192
-// (one thread; B=64 H=128 forward+backward 64.5 -> 61.2 ms), not at 128 (B=1).
+// on as (x^T dz)^T, a transposed view (autograd copies it into a contiguous .grad): MKL is 2-8 %
+// faster that way round at T B = 2048-8192 (one thread; B=64 H=128 forward+backward 62.3 -> 59.9
+// ms), not at 128 (B=1).
 Tensor weight_grad(const Tensor& dz, const Tensor& x) {
   return dz.size(0) >= 1024 ? at::mm(x.t(), dz).t() : at::mm(dz.t(), x);
 }
@@ -259,6 +260,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   Tensor dhtot = proj ? at::zeros({T_, B, P}, opt) : Tensor();
   Tensor dpeep = at::zeros({3, H}, opt);
   const Rows<T> dZ_(dZ), zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), dhtot_(dhtot);
+  // R and Q as two products here (each alone against Product's size thresholds, where the forward
+  // counts them together).
   const Product<T> rec(w_rec, T_, B);  // R (G, P)
   std::optional<Product<T>> rec_c;
   if (o.full) rec_c.emplace(peep, T_, B);  // Q (G, H)
@@ -326,8 +329,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
         dp[j] += dzi[j] * cp[j], dp[H + j] += dzf[j] * cp[j], dp[2 * H + j] += dzo[j] * cn[j];
       }
     }
-    rec(B, dZ_[t], G, nullptr, 0, dhin_p, K);  // dL/d[h^{t-1}, c^{t-1}] = [R, Q]^T dz
-    if (rec_c) (*rec_c)(B, dZ_[t], G, nullptr, 0, dhin_p + P, K);
+    rec(B, dZ_[t], G, nullptr, 0, dhin_p, K);  // dL/dh^{t-1} = R^T dz (columns 0 .. P)
+    if (rec_c) (*rec_c)(B, dZ_[t], G, nullptr, 0, dhin_p + P, K);  // + Q^T dz for c^{t-1} (P .. K)
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;  // an idle step passes dh, dc through unchanged
       std::memcpy(dh_p + b * P, dhin_p + b * K, P * sizeof(T));
@@ -340,10 +343,20 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   return {dZ, dh, dc, dw_rec, dpeep, dw_hr};
 }
 
+// The weights as cpu.py passes them: R (4H, P); peep the diagonal peepholes (3, H), Q (4H, H) with
+// full peepholes, or empty. A mismatch would read past the end of a buffer, so it is refused.
+void check_weights(const Tensor& w_rec, const Tensor& peep, int64_t G, int64_t P, const Opts& o) {
+  const int64_t H = G / 4;
+  TORCH_CHECK(w_rec.dim() == 2 && w_rec.size(0) == G && w_rec.size(1) == P, "lstmkit cpu backend: w_rec must be (4H, P)");
+  if (o.full) TORCH_CHECK(peep.dim() == 2 && peep.size(0) == G && peep.size(1) == H, "lstmkit cpu backend: Q must be (4H, H)");
+  if (o.diag) TORCH_CHECK(peep.dim() == 2 && peep.size(0) == 3 && peep.size(1) == H, "lstmkit cpu backend: peepholes must be (3, H)");
+}
+
 std::vector<Tensor> lstm_forward(const Tensor& x_proj, const Tensor& h0, const Tensor& c0, const Tensor& w_rec,
                                  const Tensor& peep, const Tensor& w_hr, const Tensor& lengths, at::IntArrayRef flags,
                                  at::ArrayRef<double> params, bool reverse, bool train) {
   const Opts o(flags, params);
+  check_weights(w_rec, peep, x_proj.size(2), h0.size(1), o);
   if (x_proj.scalar_type() == at::kDouble)
     return forward_impl<double>(x_proj, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
   TORCH_CHECK(x_proj.scalar_type() == at::kFloat, "lstmkit cpu backend: float32 or float64 only");
@@ -355,6 +368,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Te
                                   const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, const Tensor& lengths,
                                   at::IntArrayRef flags, at::ArrayRef<double> params, bool reverse) {
   const Opts o(flags, params);
+  check_weights(w_rec, peep, zbuf.size(2), dh_n.size(1), o);
   if (zbuf.scalar_type() == at::kDouble)
     return backward_impl<double>(dy, dh_n, dc_n, zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lengths, o, reverse);
   return backward_impl<float>(dy, dh_n, dc_n, zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lengths, o, reverse);
