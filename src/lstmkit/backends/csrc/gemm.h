@@ -217,9 +217,9 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, T* y, bool backwards = f
 // then starts on the part of B the previous step read last, still in L2, instead of evicting
 // it just before it is needed (LRU against a cyclic sweep keeps nothing).
 // Many rows against weights far beyond L2 go to the BLAS as well (on a contiguous copy, in calls
-// long enough to repay it): there MKL's own blocking beats
-// the panels (AVX-512 Xeon, B=64 H=512, 4 MiB: forward 249 -> 242 ms, forward+backward 752 -> 728,
-// alternating builds), not at B=16 or with 1-2 MiB (B=16 H=512 recurrence 35.6 ms packed, 46.7 BLAS).
+// long enough to repay it): there MKL's own blocking beats the panels (AVX-512 Xeon, B=64 H=512,
+// 4 MiB: forward 249 -> 242 ms, forward+backward 752 -> 728, alternating builds), not at B=16 or
+// with 1-2 MiB (B=16 H=512 recurrence 35.6 ms packed, 46.7 BLAS).
 constexpr int64_t PACK_STEPS = 4;
 constexpr int64_t GEMV_BYTES = int64_t(1) << 20;
 constexpr int64_t BLAS_ROWS = 32, BLAS_BYTES = int64_t(4) << 20;
