@@ -292,11 +292,11 @@ class LSTM(LSTMBase):
             for direction, suffix in enumerate(self._suffixes(layer)):
                 index = layer * len(self._suffixes(layer)) + direction
                 bias = params[f"bias_ih{suffix}"] + params[f"bias_hh{suffix}"] if self.bias else None
-                x_proj = project(layer_input, params[f"weight_ih{suffix}"], bias)  # (T, B, 4H): one GEMM
+                x_proj = project(layer_input, params[f"weight_ih{suffix}"])  # (T, B, 4H): one GEMM, W x^t
                 y, h, c = recurrence(
                     x_proj, h0[index], c0[index], params[f"weight_hh{suffix}"], self.variant,
                     peephole_weight=params[f"{peephole[0]}{suffix}"] if peephole else None, weight_hr=params.get(f"weight_hr{suffix}"),
-                    lengths=lengths, reverse=direction == 1,
+                    lengths=lengths, reverse=direction == 1, bias=bias,
                 )
                 outputs.append(y)
                 h_n.append(h)

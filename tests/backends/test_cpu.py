@@ -114,10 +114,10 @@ def test_kernel_refuses_weights_of_the_wrong_shape():
     x_proj, h0, c0 = torch.randn(3, B, 4 * H), torch.zeros(B, P), torch.zeros(B, H)
     r, q, empty = torch.randn(4 * H, P), torch.randn(4 * H, H), torch.empty(0)
     ops, lens = cpu_build.load(), torch.empty(0, dtype=torch.int64)
-    ops.forward(x_proj, h0, c0, r, q, empty, lens, flags, params, False, False)  # the right shapes run
+    ops.forward(x_proj, empty, h0, c0, r, q, empty, lens, flags, params, False, False)  # the right shapes run
     for w_rec, peep in ((torch.cat([r, q], 1), q), (r, empty), (r, torch.randn(3, H))):
         with pytest.raises(RuntimeError, match="must be"):
-            ops.forward(x_proj, h0, c0, w_rec, peep, empty, lens, flags, params, False, False)
+            ops.forward(x_proj, empty, h0, c0, w_rec, peep, empty, lens, flags, params, False, False)
 
 
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])
@@ -197,7 +197,7 @@ def test_large_projection_under_autocast_is_f_linear(monkeypatch):
     monkeypatch.setattr(cpu.Projection, "apply", lambda *args: pytest.fail("Projection under autocast"))
     x, weight = torch.randn(64, 16, 8), torch.randn(1024, 8)  # (64 * 16, 1024) float32 = 4 MiB
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = cpu.projection(x, weight, None)
+        out = cpu.projection(x, weight)
         expected = torch.nn.functional.linear(x, weight)
     assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
 

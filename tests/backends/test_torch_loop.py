@@ -113,6 +113,34 @@ def test_lengths_bidirectional_multilayer_projection(dtype):
     check_against_reference(module, torch.randn(6, 4, 3), lengths=[6, 0, 3, 1], dtype=dtype)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize(("batch", "hidden", "peephole"), [(3, 5, "full"), (1, 300, None), (4, 19, "diagonal")])
+def test_recurrence_adds_the_bias_at_every_step(backend, batch, hidden, peephole):
+    """The recurrence interface's ``bias`` is x_proj + bias, in results and gradients (B = 1, H = 300:
+    the fused kernel's one-row product over 1.4 MB of weights; 4H = 76: a partial panel)."""
+    from lstmkit import backends
+
+    recurrence, variant = backends.BACKENDS[backend], lstmkit.Variant.create(peephole=peephole)
+    g = torch.Generator().manual_seed(0)
+    shapes = {"x_proj": (6, batch, 4 * hidden), "h0": (batch, hidden), "c0": (batch, hidden),
+              "weight_hh": (4 * hidden, hidden), "bias": (4 * hidden,)}
+    t = {k: (0.3 * torch.randn(*v, generator=g, dtype=torch.float64)).requires_grad_() for k, v in shapes.items()}
+    peep = variant.peephole_parameter(hidden)
+    peep = None if peep is None else (0.3 * torch.randn(*peep[1], generator=g, dtype=torch.float64)).requires_grad_()
+    lengths = torch.tensor([6, 2, 0, 5][:batch]) if batch > 1 else None
+    results = []
+    for separate in (True, False):
+        cotangents = torch.Generator().manual_seed(1)
+        x_proj = t["x_proj"] if separate else t["x_proj"] + t["bias"]
+        out = recurrence(x_proj, t["h0"], t["c0"], t["weight_hh"], variant, peephole_weight=peep, lengths=lengths,
+                         reverse=batch == 4, bias=t["bias"] if separate else None)
+        loss = sum((o * torch.randn(o.shape, generator=cotangents, dtype=o.dtype)).sum() for o in out)
+        grads = torch.autograd.grad(loss, [*t.values(), *([peep] if peep is not None else [])])
+        results.append([*out, *grads])
+    for separate, summed in zip(*results):
+        assert_close(separate, summed, 1e-12)
+
+
 @pytest.mark.parametrize("steps", [1, 200])
 @pytest.mark.parametrize("peephole", [None, "diagonal", "full"])
 def test_float32_long_sequences(steps, peephole):

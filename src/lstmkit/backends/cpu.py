@@ -54,15 +54,16 @@ def _codes(variant: Variant) -> tuple[list[int], list[float]]:
     return [int(f) for f in flags], params
 
 
-def _forward(x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
+def _forward(x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
     """The kernel's forward; returns its outputs and its weight and lengths arguments (w_rec, peep, w_hr, lens)."""
     flags, params = _codes(variant)
     empty = x_proj.new_empty(0)
+    bias = empty if bias is None else bias.contiguous()  # (4H,), added in the time loop
     w_rec = weight_hh.contiguous()  # R (4H, P)
     peep = empty if variant.peephole is None else peephole_weight.contiguous()  # (3, H) diagonal, Q (4H, H) full
     w_hr = empty if weight_hr is None else weight_hr.contiguous()  # (P, H)
     lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
-    out = cpu_build.load().forward(x_proj.contiguous(), h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr, lens,
+    out = cpu_build.load().forward(x_proj.contiguous(), bias, h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr, lens,
                                    flags, params, reverse, train)
     return out, (w_rec, peep, w_hr, lens)
 
@@ -73,12 +74,12 @@ class FusedRecurrence(torch.autograd.Function):
     With full peepholes the kernel's product per step is [h^{t-1}, c^{t-1}] [R, Q]^T over R (4H, P)
     and Q (4H, H): one product where the weights are packed (together, csrc/gemm.h: Packed), one
     per matrix on the other paths and in backward; its weight gradient is one (4H, P + H) matrix,
-    split here.
+    split here. The bias's gradient is dL/dx_proj summed over steps and batch.
     """
 
     @staticmethod
-    def forward(ctx, x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse):
-        out, kernel_args = _forward(x_proj, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant,
+    def forward(ctx, x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse):
+        out, kernel_args = _forward(x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant,
                                     reverse, train=True)
         # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); weights
         ctx.save_for_backward(*out[3:], *kernel_args)
@@ -95,46 +96,45 @@ class FusedRecurrence(torch.autograd.Function):
             w_rec, peep, w_hr, lens, flags, params, reverse,
         )
         d_peephole = {"full": d_rec[:, p:], "diagonal": d_peep}.get(peephole)
-        return d_x, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None, None, None, None
+        d_bias = d_x.sum((0, 1)) if ctx.needs_input_grad[1] else None
+        return d_x, d_bias, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None, None, None, None
 
 
 class Projection(torch.autograd.Function):
-    """The input projection x W^T + b over all steps, (T, B, I) -> (T, B, 4H), for large outputs.
+    """The input projection x W^T over all steps, (T, B, I) -> (T, B, 4H), for large outputs.
 
-    The same BLAS product as ``F.linear``, written into a buffer in huge pages (the kernel's
-    ``matmul``): a fresh 32 MB result costs about 8000 page faults otherwise (B=64, H=256:
-    forward 115 ms instead of 134, benchmarks/NOTES-cpu.md).
+    The product of ``F.linear``, written into a buffer in huge pages (the kernel's ``matmul``): a
+    fresh 32 MB result costs about 8000 page faults otherwise (B=64, H=256: forward 115 ms instead
+    of 134, benchmarks/NOTES-cpu.md).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight):
         x2 = x.reshape(-1, x.shape[-1])  # (T*B, I)
         ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, weight)
         ctx.input_shape = x.shape
-        bias = x.new_empty(0) if bias is None else bias
-        return cpu_build.load().matmul(x2, weight.t(), bias).view(*x.shape[:-1], weight.shape[0])
+        return cpu_build.load().matmul(x2, weight.t()).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x2, weight = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])  # (T*B, 4H)
-        d_x = cpu_build.load().matmul(g, weight, g.new_empty(0)).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+        d_x = cpu_build.load().matmul(g, weight).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
         d_weight = cpu_build.load().weight_grad(g, x2) if ctx.needs_input_grad[1] else None  # g^T x
-        d_bias = g.sum(0) if ctx.needs_input_grad[2] else None
-        return d_x, d_weight, d_bias
+        return d_x, d_weight
 
 
 LARGE = 4 << 20  # bytes from which the kernel's buffers are huge pages (csrc/lstm_cpu.cpp: empty_large)
 
 
-def projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; large results in huge pages where the kernel runs (:class:`Projection`)."""
+def projection(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)``; large results in huge pages where the kernel runs (:class:`Projection`)."""
     large = x.numel() // max(x.shape[-1], 1) * weight.shape[0] * x.element_size() >= LARGE
     autocast = torch.is_autocast_enabled("cpu")  # F.linear is what autocast casts, at any size
     if not large or autocast or x.device.type != "cpu" or x.dtype not in DTYPES or not available():
-        return torch.nn.functional.linear(x, weight, bias)
-    return Projection.apply(x, weight, bias)
+        return torch.nn.functional.linear(x, weight)
+    return Projection.apply(x, weight)
 
 
 def recurrence(
@@ -148,6 +148,7 @@ def recurrence(
     weight_hr: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`lstmkit.backends.torch_loop.recurrence` (same arguments, shapes and results), fused.
 
@@ -156,8 +157,8 @@ def recurrence(
     """
     if x_proj.device.type != "cpu" or x_proj.dtype not in DTYPES or not available():
         return torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant, peephole_weight=peephole_weight,
-                                     weight_hr=weight_hr, lengths=lengths, reverse=reverse)
-    differentiable = (x_proj, h0, c0, weight_hh, peephole_weight, weight_hr)
+                                     weight_hr=weight_hr, lengths=lengths, reverse=reverse, bias=bias)
+    differentiable = (x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
         return FusedRecurrence.apply(*differentiable, lengths, variant, reverse)
     # Nothing to differentiate: the kernel directly, saving nothing for backward.

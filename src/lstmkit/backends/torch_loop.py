@@ -81,13 +81,14 @@ def recurrence(
     weight_hr: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run one layer in one direction over precomputed input projections.
 
     This is the interface every backend implements (see docs/architecture.md).
 
     Args:
-        x_proj: (T, B, 4H) W x^t + b for all t, gate order i, f, g, o.
+        x_proj: (T, B, 4H) W x^t for all t, gate order i, f, g, o.
         h0: (B, P) initial h (P = proj_size if weight_hr is given, else H).
         c0: (B, H) initial cell.
         weight_hh: (4H, P) recurrent weights R.
@@ -97,10 +98,13 @@ def recurrence(
         lengths: (B,) int64 on x_proj's device, 0 <= lengths <= T, or None for all T.
             Steps at t >= lengths[b] leave the state unchanged and output 0.
         reverse: run t = T-1 .. 0.
+        bias: (4H,) b = b_ih + b_hh, added to x_proj at every step, or None.
 
     Returns:
         y: (T, B, P) outputs, h_n: (B, P) and c_n: (B, H) final states.
     """
+    if bias is not None:
+        x_proj = x_proj + bias.to(x_proj.dtype)  # (autocast may have made x_proj half precision)
     steps = x_proj.shape[0]
     h, c = h0, c0
     weight_hh_t = weight_hh.t()  # (P, 4H), transposed once, not per step

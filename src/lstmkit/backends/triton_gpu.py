@@ -230,9 +230,13 @@ def recurrence(
     weight_hr: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`lstmkit.backends.torch_loop.recurrence` (same arguments, shapes and results) in Triton."""
-    _check_inputs(x_proj, h0=h0, c0=c0, weight_hh=weight_hh, peephole_weight=peephole_weight, weight_hr=weight_hr)
+    _check_inputs(x_proj, h0=h0, c0=c0, weight_hh=weight_hh, peephole_weight=peephole_weight, weight_hr=weight_hr,
+                  bias=bias)
+    if bias is not None:
+        x_proj = x_proj + bias
     steps, batch = x_proj.shape[:2]
     if lengths is None:
         lengths = torch.full((batch,), steps, dtype=torch.int64, device=x_proj.device)

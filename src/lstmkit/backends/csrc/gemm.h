@@ -87,10 +87,11 @@ struct Packed {
   const T* panel(int64_t p) const { return data.data_ptr<T>() + p * K * NR; }
 };
 
-// C[0:R, 0:NR] = C0[0:R, 0:NR] (or 0 when C0 is null) + A[0:R, :] panel, for R <= rows_for<V> rows.
+// C[0:R, 0:NR] = C0[0:R, 0:NR] (or 0 when C0 is null) + bias[0:NR] (in every row, or 0 when null)
+// + A[0:R, :] panel, for R <= rows_for<V> rows.
 template <typename T, int R, int V>
 inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0,
-                         T* C, int64_t ldc) {
+                         const T* bias, T* C, int64_t ldc) {
   using S = Simd<T>;
   // With one row, the V accumulators would wait on the FMA latency (4 cycles) every k: CH
   // chains over interleaved k, summed at the end, let the loads set the pace (AVX2, B=1, H=128:
@@ -106,7 +107,8 @@ inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, con
     }
   _Pragma("GCC unroll 4") for (int c = 0; c < CH; ++c)
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
-      _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) acc[c][r][v] = S::zero();
+      _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v)
+        acc[c][r][v] = c == 0 && bias ? S::load(bias + v * S::L) : S::zero();
   const auto step = [&](int64_t k, typename S::V (&sum)[R][V]) {
     const T* b = panel + k * V * S::L;
     typename S::V bv[V];
@@ -131,19 +133,19 @@ inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, con
 // micro_kernel<T, rows, V> for 1 <= rows <= rows_for<V>.
 template <typename T, int V, int R = rows_for<V>>
 inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T* panel, const T* C0,
-                       int64_t ldc0, T* C, int64_t ldc) {
+                       int64_t ldc0, const T* bias, T* C, int64_t ldc) {
   if constexpr (R > 1)
-    if (rows < R) return micro_rows<T, V, R - 1>(rows, K, A, lda, panel, C0, ldc0, C, ldc);
-  micro_kernel<T, R, V>(K, A, lda, panel, C0, ldc0, C, ldc);
+    if (rows < R) return micro_rows<T, V, R - 1>(rows, K, A, lda, panel, C0, ldc0, bias, C, ldc);
+  micro_kernel<T, R, V>(K, A, lda, panel, C0, ldc0, bias, C, ldc);
 }
 
-// C (M, N; row stride ldc) = C0 (M, N; row stride ldc0, or 0 when null) + A (M, K; row
-// stride lda) @ B. C0 may be C itself (accumulate). The last, partial panel
+// C (M, N; row stride ldc) = C0 (M, N; row stride ldc0, or 0 when null) + bias (N, in every row,
+// or 0 when null) + A (M, K; row stride lda) @ B. C0 may be C itself (accumulate). The last, partial panel
 // goes through a small tile. backwards: each thread takes its share of the work in reverse order
 // (Product alternates, see there).
 template <typename T, int V>
-void gemm(int64_t M, const T* A, int64_t lda, const Packed<T, V>& B, const T* C0, int64_t ldc0, T* C,
-          int64_t ldc, bool backwards = false) {
+void gemm(int64_t M, const T* A, int64_t lda, const Packed<T, V>& B, const T* C0, int64_t ldc0, const T* bias,
+          T* C, int64_t ldc, bool backwards = false) {
   constexpr int64_t NR = Packed<T, V>::NR, MR_ = rows_for<V>;
   const int64_t panels = (B.N + NR - 1) / NR, K = B.K;
   // Blocks of MC rows of A (MC x K stays in L2) times every panel; blocks and panels are shared
@@ -151,7 +153,7 @@ void gemm(int64_t M, const T* A, int64_t lda, const Packed<T, V>& B, const T* C0
   const int64_t blocks = (M + MC - 1) / MC, work = blocks * panels;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, std::min(M, MC) * K * NR));
   at::parallel_for(0, work, grain, [&](int64_t first, int64_t last) {
-    T tile[MR_ * NR], tile0[MR_ * NR] = {};  // tile0: columns past the last are read, never used
+    T tile[MR_ * NR], tile0[MR_ * NR] = {}, bias0[NR] = {};  // past the last column: read, never used
     for (int64_t next = first; next < last; ++next) {
       const int64_t i = backwards ? first + last - 1 - next : next;
       const int64_t p = i % panels, n0 = p * NR, cols = std::min(NR, B.N - n0);
@@ -159,23 +161,25 @@ void gemm(int64_t M, const T* A, int64_t lda, const Packed<T, V>& B, const T* C0
         const int64_t rows = std::min<int64_t>(MR_, m_end - m);
         if (cols == NR) {
           micro_rows<T, V>(rows, K, A + m * lda, lda, B.panel(p), C0 ? C0 + m * ldc0 + n0 : nullptr, ldc0,
-                        C + m * ldc + n0, ldc);
+                           bias ? bias + n0 : nullptr, C + m * ldc + n0, ldc);
           continue;
         }
         if (C0)
           for (int64_t r = 0; r < rows; ++r) std::memcpy(tile0 + r * NR, C0 + (m + r) * ldc0 + n0, cols * sizeof(T));
-        micro_rows<T, V>(rows, K, A + m * lda, lda, B.panel(p), C0 ? tile0 : nullptr, NR, tile, NR);
+        if (bias) std::memcpy(bias0, bias + n0, cols * sizeof(T));
+        micro_rows<T, V>(rows, K, A + m * lda, lda, B.panel(p), C0 ? tile0 : nullptr, NR, bias ? bias0 : nullptr,
+                         tile, NR);
         for (int64_t r = 0; r < rows; ++r) std::memcpy(C + (m + r) * ldc + n0, tile + r * NR, cols * sizeof(T));
       }
     }
   });
 }
 
-// y (N) = c0 (N, or 0 when null) + x (K) @ B for one row, B's columns contiguous (stride_k 1),
-// read as they are: 8 dot products at a time (8 independent accumulators), last ones first when
-// backwards.
+// y (N) = c0 (N, or 0 when null) + bias (N, or 0 when null) + x (K) @ B for one row, B's columns
+// contiguous (stride_k 1), read as they are: 8 dot products at a time (8 independent accumulators),
+// last ones first when backwards.
 template <typename T>
-void gemv(const T* x, const at::Tensor& b, const T* c0, T* y, bool backwards = false) {
+void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, bool backwards = false) {
   using S = Simd<T>;
   constexpr int64_t L = S::L;
   const int64_t K = b.size(0), N = b.size(1), sn = b.stride(1), blocks = N / 8;
@@ -192,11 +196,11 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, T* y, bool backwards = f
     for (int j = 0; j < 8; ++j) {
       T sum = S::sum(acc[j]);
       for (int64_t kk = k; kk < K; ++kk) sum += B[(n + j) * sn + kk] * x[kk];
-      y[n + j] = (c0 ? c0[n + j] : T(0)) + sum;
+      y[n + j] = (c0 ? c0[n + j] : T(0)) + (bias ? bias[n + j] : T(0)) + sum;
     }
   }
   for (int64_t n = 8 * blocks; n < N; ++n) {
-    T sum = c0 ? c0[n] : T(0);
+    T sum = (c0 ? c0[n] : T(0)) + (bias ? bias[n] : T(0));
     for (int64_t k = 0; k < K; ++k) sum += B[n * sn + k] * x[k];
     y[n] = sum;
   }
@@ -243,11 +247,13 @@ struct Product {
     if (rows == 1) packed_row.emplace(parts); else packed.emplace(parts);
   }
   Product(const at::Tensor& b, int64_t steps, int64_t rows) : Product(std::vector<at::Tensor>{b}, steps, rows) {}
-  // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + A (M, K; lda) @ B.
-  void operator()(int64_t M, const T* A, int64_t lda, const T* C0, int64_t ldc0, T* C, int64_t ldc) const {
+  // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + bias (N, in every
+  // row, or 0 when null) + A (M, K; lda) @ B.
+  void operator()(int64_t M, const T* A, int64_t lda, const T* C0, int64_t ldc0, T* C, int64_t ldc,
+                  const T* bias = nullptr) const {
     backwards = !backwards;
-    if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, C, ldc, backwards);
-    if (packed_row) return gemm<T>(M, A, lda, *packed_row, C0, ldc0, C, ldc, backwards);
+    if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, bias, C, ldc, backwards);
+    if (packed_row) return gemm<T>(M, A, lda, *packed_row, C0, ldc0, bias, C, ldc, backwards);
     const int64_t n = int64_t(parts.size());
     for (int64_t i = 0; i < n; ++i) {  // part by part, each adding to C; last one first when backwards
       const int64_t part = backwards ? n - 1 - i : i;
@@ -255,16 +261,20 @@ struct Product {
       const T* a_part = A;
       for (int64_t j = 0; j < part; ++j) a_part += parts[j].size(0);
       if (one_row) {
-        gemv<T>(a_part, b, C0, C, backwards);
+        gemv<T>(a_part, b, C0, bias, C, backwards);
       } else {
+        const int64_t N = b.size(1);
+        if (bias)  // C = C0 + bias, then the BLAS adds to C
+          for (int64_t r = 0; r < M; ++r)
+            for (int64_t j = 0; j < N; ++j) C[r * ldc + j] = (C0 ? C0[r * ldc0 + j] : T(0)) + bias[j];
         const auto options = b.options();
         const at::Tensor a = at::from_blob(const_cast<T*>(a_part), {M, b.size(0)}, {lda, 1}, options);
-        at::Tensor c = at::from_blob(C, {M, b.size(1)}, {ldc, 1}, options);
-        if (!C0) at::mm_out(c, a, b);
-        else if (C0 == C) c.addmm_(a, b);
-        else at::addmm_out(c, at::from_blob(const_cast<T*>(C0), {M, b.size(1)}, {ldc0, 1}, options), a, b);
+        at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, options);
+        if (bias || C0 == C) c.addmm_(a, b);
+        else if (!C0) at::mm_out(c, a, b);
+        else at::addmm_out(c, at::from_blob(const_cast<T*>(C0), {M, N}, {ldc0, 1}, options), a, b);
       }
-      C0 = C, ldc0 = ldc;
+      C0 = C, ldc0 = ldc, bias = nullptr;
     }
   }
 };

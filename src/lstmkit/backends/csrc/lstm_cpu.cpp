@@ -123,23 +123,22 @@ struct Rows {
   T* operator[](int64_t i) const { return data + i * stride; }
 };
 
-// (M, N) = bias (N,; repeated over rows, none when empty) + a (M, K) @ b (K, N) into a huge-page
-// buffer (empty_large): a fresh 32 MB result costs ~8000 page faults otherwise. By gemm.h when b
-// packed stays in L2 and there are rows enough to repay the packing (the bias is its C0 row,
-// read with stride 0; AVX-512, B=64 H=128: 5.5 ms against MKL's 5.9), else by the BLAS.
+// (M, N) = a (M, K) @ b (K, N) into a huge-page buffer (empty_large): a fresh 32 MB result costs
+// ~8000 page faults otherwise. By gemm.h when b packed stays in L2 and there are rows enough to
+// repay the packing (AVX-512, B=64 H=128: 5.5 ms against MKL's 5.9), else by the BLAS. No bias:
+// the time loop adds it (forward_impl), where the BLAS would spend a pass over the result on it.
 constexpr int64_t OWN_MATMUL_ROWS = 4 * MC, OWN_MATMUL_BYTES = int64_t(512) << 10;
 template <typename T>
-void own_matmul(const Tensor& a, const Tensor& b, const Tensor& bias, Tensor& out) {
+void own_matmul(const Tensor& a, const Tensor& b, Tensor& out) {
   const Packed<T> packed({b});
-  gemm<T>(a.size(0), a.data_ptr<T>(), a.stride(0), packed, bias.numel() ? bias.data_ptr<T>() : nullptr, 0,
-          out.data_ptr<T>(), out.stride(0));
+  gemm<T>(a.size(0), a.data_ptr<T>(), a.stride(0), packed, nullptr, 0, nullptr, out.data_ptr<T>(), out.stride(0));
 }
-Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias) {
+Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = empty_large({a.size(0), b.size(1)}, a.options());
   const bool own = Simd<float>::L > 1 && a.size(0) >= OWN_MATMUL_ROWS && a.stride(1) == 1 &&
-                   b.numel() * int64_t(a.element_size()) <= OWN_MATMUL_BYTES && (!bias.numel() || bias.is_contiguous());
-  if (!own) return bias.numel() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
-  if (a.scalar_type() == at::kDouble) own_matmul<double>(a, b, bias, out); else own_matmul<float>(a, b, bias, out);
+                   b.numel() * int64_t(a.element_size()) <= OWN_MATMUL_BYTES;
+  if (!own) return at::mm_out(out, a, b);
+  if (a.scalar_type() == at::kDouble) own_matmul<double>(a, b, out); else own_matmul<float>(a, b, out);
   return out;
 }
 
@@ -153,9 +152,9 @@ Tensor weight_grad(const Tensor& dz, const Tensor& x) {
 
 // ---------------------------------------------------------------- forward
 template <typename T>
-std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const Tensor& c0, const Tensor& w_rec,
-                                 const Tensor& peep, const Tensor& w_hr, const Tensor& lengths, const Opts& o,
-                                 bool reverse, bool train) {
+std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& bias, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, const Tensor& lengths,
+                                 const Opts& o, bool reverse, bool train) {
   const int64_t T_ = x_proj.size(0), B = x_proj.size(1), G = x_proj.size(2), H = G / 4;
   const int64_t P = h0.size(1), K = P + (o.full ? H : 0);  // GEMM input [h^{t-1}, c^{t-1}]
   const bool proj = w_hr.numel() > 0;
@@ -178,6 +177,7 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr.t(), T_, B);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
+  const T* b_ = bias.numel() ? bias.data_ptr<T>() : nullptr;
   const int64_t* len = lengths.numel() ? lengths.data_ptr<int64_t>() : nullptr;
   // Inference without lengths or full peepholes moves the state without copies: the product reads
   // h^{t-1} where the last step wrote it (y), and c^{t-1}, c^t take turns in c and c_new.
@@ -188,7 +188,7 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& h0, const T
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? T_ - 1 - s : s;
     // z = W x + b + R h^{t-1} (+ Q c^{t-1})    (B, 4H)
-    rec(B, h_prev, K, x_proj_[t], G, zs_.data, G);
+    rec(B, h_prev, K, x_proj_[t], G, zs_.data, G, b_);
     if (train) {
       std::memcpy(hbuf_[t], hin_.data, B * K * sizeof(T));
       std::memcpy(cprev_[t], c_.data, B * H * sizeof(T));
@@ -352,15 +352,17 @@ void check_weights(const Tensor& w_rec, const Tensor& peep, int64_t G, int64_t P
   if (o.diag) TORCH_CHECK(peep.dim() == 2 && peep.size(0) == 3 && peep.size(1) == H, "lstmkit cpu backend: peepholes must be (3, H)");
 }
 
-std::vector<Tensor> lstm_forward(const Tensor& x_proj, const Tensor& h0, const Tensor& c0, const Tensor& w_rec,
-                                 const Tensor& peep, const Tensor& w_hr, const Tensor& lengths, at::IntArrayRef flags,
-                                 at::ArrayRef<double> params, bool reverse, bool train) {
+std::vector<Tensor> lstm_forward(const Tensor& x_proj, const Tensor& bias, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, const Tensor& lengths,
+                                 at::IntArrayRef flags, at::ArrayRef<double> params, bool reverse, bool train) {
   const Opts o(flags, params);
   check_weights(w_rec, peep, x_proj.size(2), h0.size(1), o);
+  TORCH_CHECK(!bias.numel() || (bias.dim() == 1 && bias.size(0) == x_proj.size(2) && bias.is_contiguous()),
+              "lstmkit cpu backend: bias must be contiguous (4H,) or empty");
   if (x_proj.scalar_type() == at::kDouble)
-    return forward_impl<double>(x_proj, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
+    return forward_impl<double>(x_proj, bias, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
   TORCH_CHECK(x_proj.scalar_type() == at::kFloat, "lstmkit cpu backend: float32 or float64 only");
-  return forward_impl<float>(x_proj, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
+  return forward_impl<float>(x_proj, bias, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
 }
 
 std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& zbuf,
@@ -377,9 +379,9 @@ std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Te
 }  // namespace
 
 TORCH_LIBRARY(lstmkit_cpu, m) {
-  m.def("forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor w_rec, Tensor peep, Tensor w_hr, Tensor lengths, "
-        "int[] flags, float[] params, bool reverse, bool train) -> Tensor[]", &lstm_forward);
-  m.def("matmul(Tensor a, Tensor b, Tensor bias) -> Tensor", &matmul);
+  m.def("forward(Tensor x_proj, Tensor bias, Tensor h0, Tensor c0, Tensor w_rec, Tensor peep, Tensor w_hr, "
+        "Tensor lengths, int[] flags, float[] params, bool reverse, bool train) -> Tensor[]", &lstm_forward);
+  m.def("matmul(Tensor a, Tensor b) -> Tensor", &matmul);
   m.def("weight_grad(Tensor dz, Tensor x) -> Tensor", &weight_grad);
   m.def("release_memory() -> ()", &release_memory);
   m.def("backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor zbuf, Tensor cbuf, Tensor cprev, Tensor hbuf, "
