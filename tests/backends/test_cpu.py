@@ -118,6 +118,8 @@ def test_kernel_refuses_weights_of_the_wrong_shape():
     for w_rec, peep in ((torch.cat([r, q], 1), q), (r, empty), (r, torch.randn(3, H))):
         with pytest.raises(RuntimeError, match="must be"):
             ops.forward(x_proj, empty, h0, c0, w_rec, peep, empty, lens, flags, params, False, False)
+    with pytest.raises(RuntimeError, match="bias must be"):  # the bias too: (4H,) or empty
+        ops.forward(x_proj, torch.randn(3), h0, c0, r, q, empty, lens, flags, params, False, False)
 
 
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])
