@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lstmkit
+from lstmkit import backends
 from lstmkit.variant import ACTIVATION_DEFAULTS
 from tests.helpers import TOLERANCE, assert_close, reference_lstm
 
@@ -118,8 +119,6 @@ def test_lengths_bidirectional_multilayer_projection(dtype):
 def test_recurrence_adds_the_bias_at_every_step(backend, batch, hidden, peephole):
     """The recurrence interface's ``bias`` is x_proj + bias, in results and gradients (B = 1, H = 300:
     the fused kernel's one-row product over 1.4 MB of weights; 4H = 76: a partial panel)."""
-    from lstmkit import backends
-
     recurrence, variant = backends.BACKENDS[backend], lstmkit.Variant.create(peephole=peephole)
     g = torch.Generator().manual_seed(0)
     shapes = {"x_proj": (6, batch, 4 * hidden), "h0": (batch, hidden), "c0": (batch, hidden),
