@@ -282,7 +282,6 @@ class LSTM(LSTMBase):
 
     def _run_layers(self, x, h0, c0, lengths):
         recurrence = backends.select(self.backend, x.device, self.variant)
-        project = backends.projection(recurrence)
         params = self._parameters  # this module's own, by name (no submodules)
         peephole = self.variant.peephole_parameter(self.hidden_size)  # (name, shape) or None
         h_n, c_n = [], []
@@ -292,11 +291,10 @@ class LSTM(LSTMBase):
             for direction, suffix in enumerate(self._suffixes(layer)):
                 index = layer * len(self._suffixes(layer)) + direction
                 bias = params[f"bias_ih{suffix}"] + params[f"bias_hh{suffix}"] if self.bias else None
-                x_proj = project(layer_input, params[f"weight_ih{suffix}"])  # (T, B, 4H): one GEMM, W x^t
-                y, h, c = recurrence(
-                    x_proj, h0[index], c0[index], params[f"weight_hh{suffix}"], self.variant,
+                y, h, c = recurrence(  # the backend projects layer_input (T, B, I) by W = weight_ih itself
+                    layer_input, h0[index], c0[index], params[f"weight_hh{suffix}"], self.variant,
                     peephole_weight=params[f"{peephole[0]}{suffix}"] if peephole else None, weight_hr=params.get(f"weight_hr{suffix}"),
-                    lengths=lengths, reverse=direction == 1, bias=bias,
+                    lengths=lengths, reverse=direction == 1, bias=bias, weight_ih=params[f"weight_ih{suffix}"],
                 )
                 outputs.append(y)
                 h_n.append(h)

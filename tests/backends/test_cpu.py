@@ -114,12 +114,15 @@ def test_kernel_refuses_weights_of_the_wrong_shape():
     x_proj, h0, c0 = torch.randn(3, B, 4 * H), torch.zeros(B, P), torch.zeros(B, H)
     r, q, empty = torch.randn(4 * H, P), torch.randn(4 * H, H), torch.empty(0)
     ops, lens = cpu_build.load(), torch.empty(0, dtype=torch.int64)
-    ops.forward(x_proj, empty, h0, c0, r, q, empty, lens, flags, params, False, False)  # the right shapes run
+    ops.forward(x_proj, empty, empty, h0, c0, r, q, empty, lens, flags, params, False, False)  # the right shapes run
+    ops.forward(x_proj, torch.randn(4 * H, 4 * H), empty, h0, c0, r, q, empty, lens, flags, params, False, False)
     for w_rec, peep in ((torch.cat([r, q], 1), q), (r, empty), (r, torch.randn(3, H))):
         with pytest.raises(RuntimeError, match="must be"):
-            ops.forward(x_proj, empty, h0, c0, w_rec, peep, empty, lens, flags, params, False, False)
+            ops.forward(x_proj, empty, empty, h0, c0, w_rec, peep, empty, lens, flags, params, False, False)
     with pytest.raises(RuntimeError, match="bias must be"):  # the bias too: (4H,) or empty
-        ops.forward(x_proj, torch.randn(3), h0, c0, r, q, empty, lens, flags, params, False, False)
+        ops.forward(x_proj, empty, torch.randn(3), h0, c0, r, q, empty, lens, flags, params, False, False)
+    with pytest.raises(RuntimeError, match="W_ih must be"):  # and W_ih: (4H, I) for an input x (T, B, I)
+        ops.forward(x_proj, torch.randn(4 * H, 3), empty, h0, c0, r, q, empty, lens, flags, params, False, False)
 
 
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])
@@ -168,12 +171,10 @@ def test_float32_200_steps_batch_16(options):
     ("dtype", "options"),
     [(torch.float64, {}), (torch.float32, {"bias": False, "batch_first": True}), (torch.float32, {"frozen": True})],
 )
-def test_large_projection_in_huge_pages(monkeypatch, dtype, options):
-    """Input projections of 4 MiB and more go through the kernel's matmul: same numbers as F.linear
-    (with and without bias, from a non-contiguous batch_first input, with frozen input weights)."""
-    calls = []
-    apply = cpu.Projection.apply
-    monkeypatch.setattr(cpu.Projection, "apply", lambda *args: calls.append(1) or apply(*args))
+def test_large_input_projection(dtype, options):
+    """Input projections of 4 MiB (weights too large to fuse it into the steps' product: one product
+    over all steps, into huge pages): same numbers as the generic backend's F.linear (with and without
+    bias, from a non-contiguous batch_first input, with frozen input weights)."""
     frozen = options.pop("frozen", False)
     module = lstmkit.LSTM(8, 256, num_layers=2, dtype=dtype, backend="cpu", **options)
     generic = lstmkit.LSTM(8, 256, num_layers=2, dtype=dtype, backend="torch", **options)
@@ -188,20 +189,43 @@ def test_large_projection_in_huge_pages(monkeypatch, dtype, options):
         out, (h, c) = m(xg)
         (out.square().sum() + h.sum() + c.sum()).backward()
         results.append([out, h, c, xg.grad, *(p.grad for p in m.parameters() if p.requires_grad)])
-    assert len(calls) == 2  # both layers
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     for actual, expected in zip(*results):
         assert_close(actual, expected, tol)
 
 
-def test_large_projection_under_autocast_is_f_linear(monkeypatch):
-    """Under CPU autocast the projection is F.linear at every size, so it is cast the same way."""
-    monkeypatch.setattr(cpu.Projection, "apply", lambda *args: pytest.fail("Projection under autocast"))
-    x, weight = torch.randn(64, 16, 8), torch.randn(1024, 8)  # (64 * 16, 1024) float32 = 4 MiB
+@pytest.mark.parametrize("batch", [16, 64])  # fused into the steps' product; one product over all steps
+def test_input_projection_under_autocast_is_f_linear(batch):
+    """Under CPU autocast the input projection is F.linear, cast as autocast casts it, at every size;
+    the bfloat16 result then runs the generic backend, as it would have without a W_ih to apply."""
+    variant = lstmkit.Variant.create()
+    x, weight_ih, weight_hh = torch.randn(8, batch, 256), torch.randn(1024, 256), torch.randn(1024, 256)
+    h0 = c0 = torch.zeros(batch, 256)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = cpu.projection(x, weight)
-        expected = torch.nn.functional.linear(x, weight)
-    assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
+        out = cpu.recurrence(x, h0, c0, weight_hh, variant, weight_ih=weight_ih)
+        x_proj = torch.nn.functional.linear(x, weight_ih)
+        expected = cpu.torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant)
+    assert x_proj.dtype == torch.bfloat16
+    for a, b in zip(out, expected):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize(("batch", "dtype"), [(8, torch.float64), (9, torch.float32), (17, torch.float64), (7, torch.float32)])
+def test_input_projection_inside_the_steps_product(options, batch, dtype):
+    """From 8 rows, with small weights, the kernel's product per step is [x^t, h^{t-1} (, c^{t-1})]
+    [W_ih, R (, Q)]^T, its left-hand side from two buffers (csrc/gemm.h: Lhs): I = 5 columns of x^t,
+    then the state. 9 and 17 rows leave one-row tiles (the micro-kernel's accumulator chains across
+    the two blocks); 7 rows project first, as before."""
+    module = lstmkit.LSTM(5, 19, dtype=dtype, backend="cpu", bidirectional=True, **options)
+    lengths = [6, 2, 6, 0, 5, 6, 1, 6, 3][:batch] + [6] * max(0, batch - 9)
+    check_against_reference(module, torch.randn(6, batch, 5), lengths=lengths, dtype=dtype)
+    x = torch.randn(6, batch, 5, dtype=dtype)
+    trained = module(x)
+    with torch.no_grad():  # the inference path reads h^{t-1} from y: another block than training's
+        inferred = module(x)
+    for a, b in zip((trained[0], *trained[1]), (inferred[0], *inferred[1])):
+        assert torch.equal(a, b)
 
 
 def test_float32_gates_over_their_range():

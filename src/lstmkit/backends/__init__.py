@@ -21,8 +21,6 @@ BACKENDS: dict[str, Recurrence] = {
     "triton": triton_gpu.recurrence,
 }
 BACKEND_NAMES = ("auto", *BACKENDS)
-# recurrence -> its backend's input projection x W^T + b, where it has a faster one than F.linear.
-PROJECTIONS: dict[Recurrence, Callable[..., torch.Tensor]] = {cpu.recurrence: cpu.projection}
 
 
 def check_backend(name: str) -> str:
@@ -40,7 +38,3 @@ def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
         return BACKENDS["cpu" if device.type == "cpu" and cpu.available() else "torch"]
     return BACKENDS[name]
 
-
-def projection(recurrence: Recurrence) -> Callable[..., torch.Tensor]:
-    """The input projection that goes with ``recurrence`` (``F.linear`` unless its backend has its own)."""
-    return PROJECTIONS.get(recurrence, torch.nn.functional.linear)

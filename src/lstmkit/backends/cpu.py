@@ -1,11 +1,11 @@
 """The fused CPU backend: the whole time loop, forward and backward, in one C++ kernel.
 
-Per step the kernel does one recurrent matrix product (its own GEMM, csrc/gemm.h, with the
-weights packed once per call) and one fused element-wise pass over the gates. Backward through
-time is hand-written (the same equations as :mod:`lstmkit.reference`); the weight gradients are
-one GEMM each over all steps; large input projections are written into huge pages
-(:func:`projection`). Float32 and float64, every option of :class:`~lstmkit.variant.Variant`,
-``lengths`` and projections.
+Per step the kernel does one matrix product (its own GEMM, csrc/gemm.h, with the weights packed
+once per call: R h^{t-1}, and W x^t too where that is faster than one product over all steps
+first) and one fused element-wise pass over the gates. Backward through time is hand-written (the
+same equations as :mod:`lstmkit.reference`); the weight gradients are one GEMM each over all
+steps; large buffers are huge pages from a pool (:func:`release_memory`). Float32 and float64,
+every option of :class:`~lstmkit.variant.Variant`, ``lengths`` and projections.
 
 The kernel is compiled at first use (:mod:`.cpu_build`); without a compiler this backend warns
 once and runs :func:`lstmkit.backends.torch_loop.recurrence` instead. See docs/architecture.md.
@@ -54,17 +54,18 @@ def _codes(variant: Variant) -> tuple[list[int], list[float]]:
     return [int(f) for f in flags], params
 
 
-def _forward(x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
+def _forward(x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
     """The kernel's forward; returns its outputs and its weight and lengths arguments (w_rec, peep, w_hr, lens)."""
     flags, params = _codes(variant)
-    empty = x_proj.new_empty(0)
+    empty = x.new_empty(0)
+    w_ih = empty if weight_ih is None else weight_ih.contiguous()  # (4H, I): x is the input, projected by the kernel
     bias = empty if bias is None else bias.contiguous()  # (4H,), added in the time loop
     w_rec = weight_hh.contiguous()  # R (4H, P)
     peep = empty if variant.peephole is None else peephole_weight.contiguous()  # (3, H) diagonal, Q (4H, H) full
     w_hr = empty if weight_hr is None else weight_hr.contiguous()  # (P, H)
     lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
-    out = cpu_build.load().forward(x_proj.contiguous(), bias, h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr, lens,
-                                   flags, params, reverse, train)
+    out = cpu_build.load().forward(x.contiguous(), w_ih, bias, h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr,
+                                   lens, flags, params, reverse, train)
     return out, (w_rec, peep, w_hr, lens)
 
 
@@ -74,67 +75,38 @@ class FusedRecurrence(torch.autograd.Function):
     With full peepholes the kernel's product per step is [h^{t-1}, c^{t-1}] [R, Q]^T over R (4H, P)
     and Q (4H, H): one product where the weights are packed (together, csrc/gemm.h: Packed), one
     per matrix on the other paths and in backward; its weight gradient is one (4H, P + H) matrix,
-    split here. The bias's gradient is dL/dx_proj summed over steps and batch.
+    split here. The bias's gradient is dL/dx_proj summed over steps and batch. Given W_ih, the
+    kernel projects the input x itself; dL/dx and dL/dW_ih are one product each over all steps.
     """
 
     @staticmethod
-    def forward(ctx, x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse):
-        out, kernel_args = _forward(x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant,
-                                    reverse, train=True)
-        # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); weights
-        ctx.save_for_backward(*out[3:], *kernel_args)
+    def forward(ctx, x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse):
+        out, kernel_args = _forward(x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths,
+                                    variant, reverse, train=True)
+        # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); weights; x and W_ih
+        ctx.save_for_backward(*out[3:], *kernel_args, x if weight_ih is not None else None, weight_ih)
         ctx.setup = (*_codes(variant), reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None)
         return out[0], out[1], out[2]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_h_n, grad_c_n):
-        zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens = ctx.saved_tensors
+        zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens, x, weight_ih = ctx.saved_tensors
         flags, params, reverse, p, peephole, projected = ctx.setup
-        d_x, d_h0, d_c0, d_rec, d_peep, d_hr = cpu_build.load().backward(
+        ops = cpu_build.load()
+        d_x, d_h0, d_c0, d_rec, d_peep, d_hr = ops.backward(
             grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), zbuf, cbuf, cprev, hbuf, abuf,
             w_rec, peep, w_hr, lens, flags, params, reverse,
-        )
+        )  # d_x = dL/dx_proj (T, B, 4H)
         d_peephole = {"full": d_rec[:, p:], "diagonal": d_peep}.get(peephole)
-        d_bias = d_x.sum((0, 1)) if ctx.needs_input_grad[1] else None
-        return d_x, d_bias, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None, None, None, None
-
-
-class Projection(torch.autograd.Function):
-    """The input projection x W^T over all steps, (T, B, I) -> (T, B, 4H), for large outputs.
-
-    The product of ``F.linear``, written into a buffer in huge pages (the kernel's ``matmul``): a
-    fresh 32 MB result costs about 8000 page faults otherwise (B=64, H=256: forward 115 ms instead
-    of 134, benchmarks/NOTES-cpu.md).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        x2 = x.reshape(-1, x.shape[-1])  # (T*B, I)
-        ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, weight)
-        ctx.input_shape = x.shape
-        return cpu_build.load().matmul(x2, weight.t()).view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x2, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])  # (T*B, 4H)
-        d_x = cpu_build.load().matmul(g, weight).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
-        d_weight = cpu_build.load().weight_grad(g, x2) if ctx.needs_input_grad[1] else None  # g^T x
-        return d_x, d_weight
-
-
-LARGE = 4 << 20  # bytes from which the kernel's buffers are huge pages (csrc/lstm_cpu.cpp: empty_large)
-
-
-def projection(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight)``; large results in huge pages where the kernel runs (:class:`Projection`)."""
-    large = x.numel() // max(x.shape[-1], 1) * weight.shape[0] * x.element_size() >= LARGE
-    autocast = torch.is_autocast_enabled("cpu")  # F.linear is what autocast casts, at any size
-    if not large or autocast or x.device.type != "cpu" or x.dtype not in DTYPES or not available():
-        return torch.nn.functional.linear(x, weight)
-    return Projection.apply(x, weight)
+        d_bias = d_x.sum((0, 1)) if ctx.needs_input_grad[2] else None
+        d_weight_ih = None
+        if weight_ih is not None:  # x_proj = x W_ih^T
+            dz = d_x.view(-1, d_x.shape[-1])  # (T*B, 4H)
+            d_weight_ih = ops.weight_grad(dz, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+            d_x = ops.matmul(dz, weight_ih).view(x.shape) if ctx.needs_input_grad[0] else None
+        return (d_x, d_weight_ih, d_bias, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None,
+                None, None, None)
 
 
 def recurrence(
@@ -149,16 +121,20 @@ def recurrence(
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
     bias: torch.Tensor | None = None,
+    weight_ih: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`lstmkit.backends.torch_loop.recurrence` (same arguments, shapes and results), fused.
 
     Float32 and float64 CPU tensors run the kernel; anything else (other dtypes or devices, or
-    no kernel because no compiler) runs the generic backend.
+    no kernel because no compiler) runs the generic backend, and so does the input projection
+    under autocast (which casts ``F.linear``'s operands).
     """
+    options = dict(peephole_weight=peephole_weight, weight_hr=weight_hr, lengths=lengths, reverse=reverse, bias=bias)
+    if weight_ih is not None and torch.is_autocast_enabled("cpu"):
+        return recurrence(torch.nn.functional.linear(x_proj, weight_ih), h0, c0, weight_hh, variant, **options)
     if x_proj.device.type != "cpu" or x_proj.dtype not in DTYPES or not available():
-        return torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant, peephole_weight=peephole_weight,
-                                     weight_hr=weight_hr, lengths=lengths, reverse=reverse, bias=bias)
-    differentiable = (x_proj, bias, h0, c0, weight_hh, peephole_weight, weight_hr)
+        return torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant, weight_ih=weight_ih, **options)
+    differentiable = (x_proj, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
         return FusedRecurrence.apply(*differentiable, lengths, variant, reverse)
     # Nothing to differentiate: the kernel directly, saving nothing for backward.

@@ -82,13 +82,16 @@ def recurrence(
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
     bias: torch.Tensor | None = None,
+    weight_ih: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run one layer in one direction over precomputed input projections.
+    """Run one layer in one direction over precomputed input projections (or over the input x,
+    projected by the backend, when ``weight_ih`` is given).
 
     This is the interface every backend implements (see docs/architecture.md).
 
     Args:
-        x_proj: (T, B, 4H) W x^t for all t, gate order i, f, g, o.
+        x_proj: (T, B, 4H) W x^t for all t, gate order i, f, g, o; with ``weight_ih``, the layer
+            input x (T, B, I) instead.
         h0: (B, P) initial h (P = proj_size if weight_hr is given, else H).
         c0: (B, H) initial cell.
         weight_hh: (4H, P) recurrent weights R.
@@ -99,10 +102,14 @@ def recurrence(
             Steps at t >= lengths[b] leave the state unchanged and output 0.
         reverse: run t = T-1 .. 0.
         bias: (4H,) b = b_ih + b_hh, added to x_proj at every step, or None.
+        weight_ih: (4H, I) input weights W: x_proj = x W^T is the backend's to compute (where
+            and how: the CPU kernel inside its time loop at small sizes), or None.
 
     Returns:
         y: (T, B, P) outputs, h_n: (B, P) and c_n: (B, H) final states.
     """
+    if weight_ih is not None:
+        x_proj = torch.nn.functional.linear(x_proj, weight_ih)  # (T, B, 4H)
     if bias is not None:
         x_proj = x_proj + bias.to(x_proj.dtype)  # (autocast may have made x_proj half precision)
     steps = x_proj.shape[0]

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -87,10 +88,30 @@ struct Packed {
   const T* panel(int64_t p) const { return data.data_ptr<T>() + p * K * NR; }
 };
 
+// The left-hand side A (M, K) of a product, rows in memory order: one block of columns, or two
+// side by side with their own row strides, A = [A1 (M, split) | A2 (M, K - split)]: the time
+// loop's [x^t, h^{t-1}] when it projects the input itself (lstm_cpu.cpp: forward_impl).
+template <typename T>
+struct Lhs {
+  const T* a1;
+  int64_t ld1;
+  const T* a2 = nullptr;
+  int64_t ld2 = 0, split = std::numeric_limits<int64_t>::max();
+  Lhs(const T* a, int64_t lda) : a1(a), ld1(lda) {}
+  Lhs(const T* a, int64_t lda, int64_t split_, const T* b, int64_t ldb) : a1(a), ld1(lda), a2(b), ld2(ldb), split(split_) {}
+  Lhs rows_from(int64_t m) const {
+    Lhs r = *this;
+    r.a1 += m * ld1;
+    if (a2) r.a2 += m * ld2;
+    return r;
+  }
+  Lhs cols_from(int64_t k) const { return k < split ? Lhs(a1 + k, ld1, split - k, a2, ld2) : Lhs(a2 + (k - split), ld2); }
+};
+
 // C[0:R, 0:NR] = C0[0:R, 0:NR] (or 0 when C0 is null) + bias[0:NR] (in every row, or 0 when null)
 // + A[0:R, :] panel, for R <= rows_for<V> rows.
 template <typename T, int R, int V>
-inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, const T* C0, int64_t ldc0,
+inline void micro_kernel(int64_t K, const Lhs<T>& A, const T* panel, const T* C0, int64_t ldc0,
                          const T* bias, T* C, int64_t ldc) {
   using S = Simd<T>;
   // With one row, the V accumulators would wait on the FMA latency (4 cycles) every k: CH
@@ -109,19 +130,24 @@ inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, con
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
       _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v)
         acc[c][r][v] = c == 0 && bias ? S::load(bias + v * S::L) : S::zero();
-  const auto step = [&](int64_t k, typename S::V (&sum)[R][V]) {
+  // sum += A[0:R, k] panel[k, :], a pointing at A[0, k]
+  const auto step = [&](int64_t k, const T* a, int64_t lda, typename S::V (&sum)[R][V]) {
     const T* b = panel + k * V * S::L;
     typename S::V bv[V];
     _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) bv[v] = S::load(b + v * S::L);
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
-      const typename S::V a = S::broadcast(A + r * lda + k);
-      _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) sum[r][v] = S::fma(a, bv[v], sum[r][v]);
+      const typename S::V ar = S::broadcast(a + r * lda);
+      _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) sum[r][v] = S::fma(ar, bv[v], sum[r][v]);
     }
   };
-  int64_t k = 0;
-  for (; k + CH <= K; k += CH)
-    _Pragma("GCC unroll 4") for (int c = 0; c < CH; ++c) step(k + c, acc[c]);
-  for (; k < K; ++k) step(k, acc[0]);
+  const auto run = [&](int64_t k, int64_t k_end, const T* a, int64_t lda) {  // columns k .. k_end of one block
+    for (; k + CH <= k_end; k += CH, a += CH)
+      _Pragma("GCC unroll 4") for (int c = 0; c < CH; ++c) step(k + c, a + c, lda, acc[c]);
+    for (; k < k_end; ++k, ++a) step(k, a, lda, acc[0]);
+  };
+  const int64_t split = std::min(K, A.split);
+  run(0, split, A.a1, A.ld1);
+  if (split < K) run(split, K, A.a2, A.ld2);
   _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
     _Pragma("GCC unroll 4") for (int v = 0; v < V; ++v) {
       _Pragma("GCC unroll 4") for (int c = 1; c < CH; ++c) acc[0][r][v] = S::add(acc[0][r][v], acc[c][r][v]);
@@ -132,19 +158,19 @@ inline void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, con
 
 // micro_kernel<T, rows, V> for 1 <= rows <= rows_for<V>.
 template <typename T, int V, int R = rows_for<V>>
-inline void micro_rows(int64_t rows, int64_t K, const T* A, int64_t lda, const T* panel, const T* C0,
+inline void micro_rows(int64_t rows, int64_t K, const Lhs<T>& A, const T* panel, const T* C0,
                        int64_t ldc0, const T* bias, T* C, int64_t ldc) {
   if constexpr (R > 1)
-    if (rows < R) return micro_rows<T, V, R - 1>(rows, K, A, lda, panel, C0, ldc0, bias, C, ldc);
-  micro_kernel<T, R, V>(K, A, lda, panel, C0, ldc0, bias, C, ldc);
+    if (rows < R) return micro_rows<T, V, R - 1>(rows, K, A, panel, C0, ldc0, bias, C, ldc);
+  micro_kernel<T, R, V>(K, A, panel, C0, ldc0, bias, C, ldc);
 }
 
 // C (M, N; row stride ldc) = C0 (M, N; row stride ldc0, or 0 when null) + bias (N, in every row,
-// or 0 when null) + A (M, K; row stride lda) @ B. C0 may be C itself (accumulate). The last, partial panel
+// or 0 when null) + A (M, K) @ B. C0 may be C itself (accumulate). The last, partial panel
 // goes through a small tile. backwards: each thread takes its share of the work in reverse order
 // (Product alternates, see there).
 template <typename T, int V>
-void gemm(int64_t M, const T* A, int64_t lda, const Packed<T, V>& B, const T* C0, int64_t ldc0, const T* bias,
+void gemm(int64_t M, const Lhs<T>& A, const Packed<T, V>& B, const T* C0, int64_t ldc0, const T* bias,
           T* C, int64_t ldc, bool backwards = false) {
   constexpr int64_t NR = Packed<T, V>::NR, MR_ = rows_for<V>;
   const int64_t panels = (B.N + NR - 1) / NR, K = B.K;
@@ -160,14 +186,14 @@ void gemm(int64_t M, const T* A, int64_t lda, const Packed<T, V>& B, const T* C0
       for (int64_t m = i / panels * MC, m_end = std::min(M, m + MC); m < m_end; m += MR_) {
         const int64_t rows = std::min<int64_t>(MR_, m_end - m);
         if (cols == NR) {
-          micro_rows<T, V>(rows, K, A + m * lda, lda, B.panel(p), C0 ? C0 + m * ldc0 + n0 : nullptr, ldc0,
+          micro_rows<T, V>(rows, K, A.rows_from(m), B.panel(p), C0 ? C0 + m * ldc0 + n0 : nullptr, ldc0,
                            bias ? bias + n0 : nullptr, C + m * ldc + n0, ldc);
           continue;
         }
         if (C0)
           for (int64_t r = 0; r < rows; ++r) std::memcpy(tile0 + r * NR, C0 + (m + r) * ldc0 + n0, cols * sizeof(T));
         if (bias) std::memcpy(bias0, bias + n0, cols * sizeof(T));
-        micro_rows<T, V>(rows, K, A + m * lda, lda, B.panel(p), C0 ? tile0 : nullptr, NR, bias ? bias0 : nullptr,
+        micro_rows<T, V>(rows, K, A.rows_from(m), B.panel(p), C0 ? tile0 : nullptr, NR, bias ? bias0 : nullptr,
                          tile, NR);
         for (int64_t r = 0; r < rows; ++r) std::memcpy(C + (m + r) * ldc + n0, tile + r * NR, cols * sizeof(T));
       }
@@ -248,27 +274,29 @@ struct Product {
   }
   Product(const at::Tensor& b, int64_t steps, int64_t rows) : Product(std::vector<at::Tensor>{b}, steps, rows) {}
   // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + bias (N, in every
-  // row, or 0 when null) + A (M, K; lda) @ B.
-  void operator()(int64_t M, const T* A, int64_t lda, const T* C0, int64_t ldc0, T* C, int64_t ldc,
+  // row, or 0 when null) + A (M, K) @ B. Unpacked, each part of B must lie in one block of A's columns.
+  void operator()(int64_t M, const Lhs<T>& A, const T* C0, int64_t ldc0, T* C, int64_t ldc,
                   const T* bias = nullptr) const {
     backwards = !backwards;
-    if (packed) return gemm<T>(M, A, lda, *packed, C0, ldc0, bias, C, ldc, backwards);
-    if (packed_row) return gemm<T>(M, A, lda, *packed_row, C0, ldc0, bias, C, ldc, backwards);
+    if (packed) return gemm<T>(M, A, *packed, C0, ldc0, bias, C, ldc, backwards);
+    if (packed_row) return gemm<T>(M, A, *packed_row, C0, ldc0, bias, C, ldc, backwards);
     const int64_t n = int64_t(parts.size());
     for (int64_t i = 0; i < n; ++i) {  // part by part, each adding to C; last one first when backwards
       const int64_t part = backwards ? n - 1 - i : i;
       const auto& b = parts[part];
-      const T* a_part = A;
-      for (int64_t j = 0; j < part; ++j) a_part += parts[j].size(0);
+      int64_t k0 = 0;  // the part's first row in B
+      for (int64_t j = 0; j < part; ++j) k0 += parts[j].size(0);
+      TORCH_CHECK(k0 >= A.split || k0 + b.size(0) <= A.split, "Product: a part of B spans both blocks of A");
+      const Lhs<T> a_part = A.cols_from(k0);
       if (one_row) {
-        gemv<T>(a_part, b, C0, bias, C, backwards);
+        gemv<T>(a_part.a1, b, C0, bias, C, backwards);
       } else {
         const int64_t N = b.size(1);
         if (bias)  // C = C0 + bias, then the BLAS adds to C
           for (int64_t r = 0; r < M; ++r)
             for (int64_t j = 0; j < N; ++j) C[r * ldc + j] = (C0 ? C0[r * ldc0 + j] : T(0)) + bias[j];
         const auto options = b.options();
-        const at::Tensor a = at::from_blob(const_cast<T*>(a_part), {M, b.size(0)}, {lda, 1}, options);
+        const at::Tensor a = at::from_blob(const_cast<T*>(a_part.a1), {M, b.size(0)}, {a_part.ld1, 1}, options);
         at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, options);
         if (bias || C0 == C) c.addmm_(a, b);
         else if (!C0) at::mm_out(c, a, b);

@@ -131,7 +131,7 @@ constexpr int64_t OWN_MATMUL_ROWS = 4 * MC, OWN_MATMUL_BYTES = int64_t(512) << 1
 template <typename T>
 void own_matmul(const Tensor& a, const Tensor& b, Tensor& out) {
   const Packed<T> packed({b});
-  gemm<T>(a.size(0), a.data_ptr<T>(), a.stride(0), packed, nullptr, 0, nullptr, out.data_ptr<T>(), out.stride(0));
+  gemm<T>(a.size(0), {a.data_ptr<T>(), a.stride(0)}, packed, nullptr, 0, nullptr, out.data_ptr<T>(), out.stride(0));
 }
 Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = empty_large({a.size(0), b.size(1)}, a.options());
@@ -151,14 +151,24 @@ Tensor weight_grad(const Tensor& dz, const Tensor& x) {
 }
 
 // ---------------------------------------------------------------- forward
+// Given W_ih, the kernel projects the input itself. From FUSE_ROWS rows, while [W_ih; R (; Q)]
+// packed stays in L2 (FUSE_BYTES), inside each step's product, over [x^t, h^{t-1} (, c^{t-1})]:
+// no (T, B, 4H) x_proj goes to memory and back, and the product runs with twice the depth.
+// Otherwise one product over all steps first (matmul).
+constexpr int64_t FUSE_ROWS = 4, FUSE_BYTES = int64_t(1) << 20;
+
 template <typename T>
-std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& bias, const Tensor& h0, const Tensor& c0,
-                                 const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, const Tensor& lengths,
-                                 const Opts& o, bool reverse, bool train) {
-  const int64_t T_ = x_proj.size(0), B = x_proj.size(1), G = x_proj.size(2), H = G / 4;
+std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tensor& bias, const Tensor& h0,
+                                 const Tensor& c0, const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr,
+                                 const Tensor& lengths, const Opts& o, bool reverse, bool train) {
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), G = w_rec.size(0), H = G / 4;
   const int64_t P = h0.size(1), K = P + (o.full ? H : 0);  // GEMM input [h^{t-1}, c^{t-1}]
   const bool proj = w_hr.numel() > 0;
-  auto opt = x_proj.options();
+  auto opt = x.options();
+  const bool fuse = w_in.numel() && Simd<T>::L > 1 && T_ >= PACK_STEPS && B >= FUSE_ROWS &&
+                    (I + K) * G * int64_t(sizeof(T)) <= FUSE_BYTES;
+  // x_proj (T, B, 4H) = W_ih x, or x itself (fused, or x_proj given)
+  const Tensor x_proj = w_in.numel() && !fuse ? matmul(x.reshape({T_ * B, I}), w_in.t()).view({T_, B, G}) : x;
   Tensor y = empty_large({T_, B, P}, opt);
   Tensor hin = at::empty({B, K}, opt), c = c0.clone(), zs = at::empty({B, G}, opt);
   hin.narrow(1, 0, P).copy_(h0);
@@ -173,7 +183,10 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& bias, const
   }
   const Rows<T> x_proj_(x_proj), y_(y), hin_(hin), c_(c), zs_(zs), a_(a), c_new_(c_new), h_new_(h_new);
   const Rows<T> zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), hbuf_(hbuf), abuf_(abuf);
-  const Product<T> rec(o.full ? std::vector<Tensor>{w_rec.t(), peep.t()} : std::vector<Tensor>{w_rec.t()}, T_, B);  // [R, Q]^T (K, G)
+  std::vector<Tensor> rec_parts{w_rec.t()};  // [W_ih, R, Q]^T ((I +) K, G)
+  if (o.full) rec_parts.push_back(peep.t());
+  if (fuse) rec_parts.insert(rec_parts.begin(), w_in.t());
+  const Product<T> rec(rec_parts, T_, B);
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr.t(), T_, B);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
@@ -187,8 +200,9 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& bias, const
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? T_ - 1 - s : s;
-    // z = W x + b + R h^{t-1} (+ Q c^{t-1})    (B, 4H)
-    rec(B, h_prev, K, x_proj_[t], G, zs_.data, G, b_);
+    // z = W x^t + b + R h^{t-1} (+ Q c^{t-1})    (B, 4H)
+    if (fuse) rec(B, {x_proj_[t], I, I, h_prev, K}, nullptr, 0, zs_.data, G, b_);
+    else rec(B, {h_prev, K}, x_proj_[t], G, zs_.data, G, b_);
     if (train) {
       std::memcpy(hbuf_[t], hin_.data, B * K * sizeof(T));
       std::memcpy(cprev_[t], c_.data, B * H * sizeof(T));
@@ -219,7 +233,7 @@ std::vector<Tensor> forward_impl(const Tensor& x_proj, const Tensor& bias, const
       activate<T>(o.act[2], o.alpha[2], o.beta[2], cn, ab, nullptr, H);
       for (int64_t j = 0; j < H; ++j) ab[j] *= zo[j];  // a = h(c^t) f(z_o)
     }
-    if (proj) (*hr)(B, a_.data, H, nullptr, 0, direct ? y_[t] : h_new_.data, P);  // h^t = W_hr a
+    if (proj) (*hr)(B, {a_.data, H}, nullptr, 0, direct ? y_[t] : h_new_.data, P);  // h^t = W_hr a
     if (direct) {
       h_prev = y_[t], std::swap(c_prev, c_next);
       continue;
@@ -285,7 +299,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
     if (proj) {
       for (int64_t b = 0; b < B; ++b)
         if (!(len && t >= len[b])) std::memcpy(dhtot_[t] + b * P, dht_p + b * P, P * sizeof(T));
-      (*hr)(B, dht_p, P, nullptr, 0, da_p, H);  // dL/da = W_hr^T dh
+      (*hr)(B, {dht_p, P}, nullptr, 0, da_p, H);  // dL/da = W_hr^T dh
     }
     for (int64_t b = 0; b < B; ++b) {
       T* dz = dZ_[t] + b * G;
@@ -329,8 +343,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
         dp[j] += dzi[j] * cp[j], dp[H + j] += dzf[j] * cp[j], dp[2 * H + j] += dzo[j] * cn[j];
       }
     }
-    rec(B, dZ_[t], G, nullptr, 0, dhin_p, K);  // dL/dh^{t-1} = R^T dz (columns 0 .. P)
-    if (rec_c) (*rec_c)(B, dZ_[t], G, nullptr, 0, dhin_p + P, K);  // + Q^T dz for c^{t-1} (P .. K)
+    rec(B, {dZ_[t], G}, nullptr, 0, dhin_p, K);  // dL/dh^{t-1} = R^T dz (columns 0 .. P)
+    if (rec_c) (*rec_c)(B, {dZ_[t], G}, nullptr, 0, dhin_p + P, K);  // + Q^T dz for c^{t-1} (P .. K)
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;  // an idle step passes dh, dc through unchanged
       std::memcpy(dh_p + b * P, dhin_p + b * K, P * sizeof(T));
@@ -352,17 +366,22 @@ void check_weights(const Tensor& w_rec, const Tensor& peep, int64_t G, int64_t P
   if (o.diag) TORCH_CHECK(peep.dim() == 2 && peep.size(0) == 3 && peep.size(1) == H, "lstmkit cpu backend: peepholes must be (3, H)");
 }
 
-std::vector<Tensor> lstm_forward(const Tensor& x_proj, const Tensor& bias, const Tensor& h0, const Tensor& c0,
-                                 const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, const Tensor& lengths,
-                                 at::IntArrayRef flags, at::ArrayRef<double> params, bool reverse, bool train) {
+// x: x_proj (T, B, 4H), or the input (T, B, I) when w_in = W_ih (4H, I) is given (else empty).
+std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_in, const Tensor& bias, const Tensor& h0,
+                                 const Tensor& c0, const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr,
+                                 const Tensor& lengths, at::IntArrayRef flags, at::ArrayRef<double> params, bool reverse,
+                                 bool train) {
   const Opts o(flags, params);
-  check_weights(w_rec, peep, x_proj.size(2), h0.size(1), o);
-  TORCH_CHECK(!bias.numel() || (bias.dim() == 1 && bias.size(0) == x_proj.size(2) && bias.is_contiguous()),
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "lstmkit cpu backend: x must be contiguous (T, B, .)");
+  const int64_t G = w_in.numel() ? w_in.size(0) : x.size(2);
+  TORCH_CHECK(!w_in.numel() || (w_in.dim() == 2 && w_in.size(1) == x.size(2)), "lstmkit cpu backend: W_ih must be (4H, I)");
+  check_weights(w_rec, peep, G, h0.size(1), o);
+  TORCH_CHECK(!bias.numel() || (bias.dim() == 1 && bias.size(0) == G && bias.is_contiguous()),
               "lstmkit cpu backend: bias must be contiguous (4H,) or empty");
-  if (x_proj.scalar_type() == at::kDouble)
-    return forward_impl<double>(x_proj, bias, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
-  TORCH_CHECK(x_proj.scalar_type() == at::kFloat, "lstmkit cpu backend: float32 or float64 only");
-  return forward_impl<float>(x_proj, bias, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
+  if (x.scalar_type() == at::kDouble)
+    return forward_impl<double>(x, w_in, bias, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "lstmkit cpu backend: float32 or float64 only");
+  return forward_impl<float>(x, w_in, bias, h0, c0, w_rec, peep, w_hr, lengths, o, reverse, train);
 }
 
 std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& zbuf,
@@ -379,7 +398,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Te
 }  // namespace
 
 TORCH_LIBRARY(lstmkit_cpu, m) {
-  m.def("forward(Tensor x_proj, Tensor bias, Tensor h0, Tensor c0, Tensor w_rec, Tensor peep, Tensor w_hr, "
+  m.def("forward(Tensor x, Tensor w_ih, Tensor bias, Tensor h0, Tensor c0, Tensor w_rec, Tensor peep, Tensor w_hr, "
         "Tensor lengths, int[] flags, float[] params, bool reverse, bool train) -> Tensor[]", &lstm_forward);
   m.def("matmul(Tensor a, Tensor b) -> Tensor", &matmul);
   m.def("weight_grad(Tensor dz, Tensor x) -> Tensor", &weight_grad);
