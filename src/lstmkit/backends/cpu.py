@@ -54,16 +54,22 @@ def _codes(variant: Variant) -> tuple[list[int], list[float]]:
     return [int(f) for f in flags], params
 
 
+@lru_cache(maxsize=None)
+def _empty(dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor, for the kernel's absent arguments (the kernel never writes to them)."""
+    return torch.empty(0, dtype=dtype)
+
+
 def _forward(x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
     """The kernel's forward; returns its outputs and its weight and lengths arguments (w_rec, peep, w_hr, lens)."""
     flags, params = _codes(variant)
-    empty = x.new_empty(0)
+    empty = _empty(x.dtype)
     w_ih = empty if weight_ih is None else weight_ih.contiguous()  # (4H, I): x is the input, projected by the kernel
     bias = empty if bias is None else bias.contiguous()  # (4H,), added in the time loop
     w_rec = weight_hh.contiguous()  # R (4H, P)
     peep = empty if variant.peephole is None else peephole_weight.contiguous()  # (3, H) diagonal, Q (4H, H) full
     w_hr = empty if weight_hr is None else weight_hr.contiguous()  # (P, H)
-    lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
+    lens = _empty(torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
     out = cpu_build.load().forward(x.contiguous(), w_ih, bias, h0.contiguous(), c0.contiguous(), w_rec, peep, w_hr,
                                    lens, flags, params, reverse, train)
     return out, (w_rec, peep, w_hr, lens)
