@@ -81,7 +81,8 @@ class FusedRecurrence(torch.autograd.Function):
     With full peepholes the kernel's product per step is [h^{t-1}, c^{t-1}] [R, Q]^T over R (4H, P)
     and Q (4H, H): one product where the weights are packed (together, csrc/gemm.h: Packed), one
     per matrix on the other paths and in backward; its weight gradient is one (4H, P + H) matrix,
-    split here. The bias's gradient is dL/dx_proj summed over steps and batch. Given W_ih, the
+    split here. The bias's gradient is dL/dx_proj summed over steps and batch (by the kernel, while
+    each step's rows are at hand). Given W_ih, the
     kernel projects the input x itself; dL/dx and dL/dW_ih are one product each over all steps.
     """
 
@@ -100,12 +101,12 @@ class FusedRecurrence(torch.autograd.Function):
         zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens, x, weight_ih = ctx.saved_tensors
         flags, params, reverse, p, peephole, projected = ctx.setup
         ops = cpu_build.load()
-        d_x, d_h0, d_c0, d_rec, d_peep, d_hr = ops.backward(
+        d_x, d_h0, d_c0, d_rec, d_peep, d_hr, d_b = ops.backward(
             grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), zbuf, cbuf, cprev, hbuf, abuf,
             w_rec, peep, w_hr, lens, flags, params, reverse,
         )  # d_x = dL/dx_proj (T, B, 4H)
         d_peephole = {"full": d_rec[:, p:], "diagonal": d_peep}.get(peephole)
-        d_bias = d_x.sum((0, 1)) if ctx.needs_input_grad[2] else None
+        d_bias = d_b if ctx.needs_input_grad[2] else None  # d_x summed over steps and batch
         d_weight_ih = None
         if weight_ih is not None:  # x_proj = x W_ih^T
             dz = d_x.view(-1, d_x.shape[-1])  # (T*B, 4H)

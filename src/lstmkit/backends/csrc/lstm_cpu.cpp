@@ -282,7 +282,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr, T_, B);  // W_hr (P, H)
   // Absent options become neutral constants, so that the per-element loop has no branches.
-  std::vector<T> no_peep(3 * H, T(0)), val(G), der(G), hv(H), hd(H);
+  std::vector<T> no_peep(3 * H, T(0)), val(G), der(G), hv(H), hd(H), db_step(G);
+  std::vector<double> db(G, 0.0);  // dL/db: dz summed over rows per step (db_step), over steps in double
   const T* pe = o.diag ? peep.data_ptr<T>() : no_peep.data();
   T* dp = dpeep.data_ptr<T>();
   const int64_t* len = lengths.numel() ? lengths.data_ptr<int64_t>() : nullptr;
@@ -294,6 +295,7 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? s : T_ - 1 - s;  // the forward's order, backwards
+    std::fill(db_step.begin(), db_step.end(), T(0));
     const T* dyt = dy_p + t * B * P;
     for (int64_t i = 0; i < B * P; ++i) dht_p[i] = dh_p[i] + dyt[i];  // dL/dh^t
     if (proj) {
@@ -342,7 +344,9 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
         dcb[j] = dct * vf[j] + dzi[j] * pe[j] + dzf[j] * pe[H + j];  // dL/dc^{t-1}
         dp[j] += dzi[j] * cp[j], dp[H + j] += dzf[j] * cp[j], dp[2 * H + j] += dzo[j] * cn[j];
       }
+      for (int64_t j = 0; j < G; ++j) db_step[j] += dz[j];
     }
+    for (int64_t j = 0; j < G; ++j) db[j] += db_step[j];
     rec(B, {dZ_[t], G}, nullptr, 0, dhin_p, K);  // dL/dh^{t-1} = R^T dz (columns 0 .. P)
     if (rec_c) (*rec_c)(B, {dZ_[t], G}, nullptr, 0, dhin_p + P, K);  // + Q^T dz for c^{t-1} (P .. K)
     for (int64_t b = 0; b < B; ++b) {
@@ -354,7 +358,9 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   // Weight gradients: one GEMM each over all steps, by the BLAS (gemm.h wants A's rows contiguous).
   Tensor dw_rec = weight_grad(dZ.view({T_ * B, G}), hbuf.view({T_ * B, K}));  // (G, K)
   Tensor dw_hr = proj ? weight_grad(dhtot.view({T_ * B, P}), abuf.view({T_ * B, H})) : at::empty({0}, opt);
-  return {dZ, dh, dc, dw_rec, dpeep, dw_hr};
+  Tensor dbias = at::empty({G}, opt);
+  std::copy(db.begin(), db.end(), dbias.data_ptr<T>());
+  return {dZ, dh, dc, dw_rec, dpeep, dw_hr, dbias};
 }
 
 // The weights as cpu.py passes them: R (4H, P); peep the diagonal peepholes (3, H), Q (4H, H) with
