@@ -98,6 +98,15 @@ def test_many_rows_against_large_weights(options, steps):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("options", OPTIONS[:3])
+def test_packed_weights_beyond_l2(options):
+    """B = 16 against recurrent weights of 4.2 MB (8.4 with full peepholes): packed panels read from
+    beyond L2, the next one prefetched while each runs (csrc/gemm.h: PREFETCH_BYTES); backward's
+    products over R (4H, H) too."""
+    module = lstmkit.LSTM(3, 363, dtype=torch.float64, backend="cpu", **options)
+    check_against_reference(module, torch.randn(5, 16, 3, dtype=torch.float64), dtype=torch.float64)
+
+
 @pytest.mark.parametrize("options", [{"proj_size": 3}, {"peephole": "full", "bidirectional": True}])
 def test_weight_gradients_over_many_rows(options):
     """T B = 1040 rows: the weight gradients as (x^T dz)^T (csrc/lstm_cpu.cpp: weight_grad), with a
