@@ -37,7 +37,7 @@ def available() -> bool:
 
 def release_memory() -> None:
     """Free the kernel's pool of large buffers (up to 256 MiB of freed (T, B, ..) buffers kept for
-    reuse: fresh pages cost the kernel zeroing them, csrc/lstm_cpu.cpp: empty_large)."""
+    reuse: fresh pages cost the kernel zeroing them, csrc/pool.h)."""
     ops = cpu_build.loaded()
     if ops is not None:
         ops.release_memory()

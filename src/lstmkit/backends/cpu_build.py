@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "lstm_cpu.cpp"
-HEADERS = [Path(__file__).parent / "csrc" / name for name in ("gemm.h", "lstm_math.h", "simd.h")]
+HEADERS = [Path(__file__).parent / "csrc" / name for name in ("gemm.h", "lstm_math.h", "pool.h", "simd.h")]
 _state: dict = {}
 
 

@@ -1,8 +1,9 @@
 // lstmkit's fused CPU recurrence: one layer, one direction, forward and backward through time.
 //
-// The time loop runs here, in C++: per step one recurrent matrix product (gemm.h's Product: the
-// weights packed once per call, read unpacked at B=1, or the BLAS for calls of a few steps) and
-// one fused element-wise pass over the gates.
+// The time loop runs here, in C++: per step one matrix product (gemm.h's Product: the weights
+// packed once per call, read unpacked at B=1, or the BLAS for calls of a few steps; R h^{t-1},
+// and W x^t too at small sizes, else x_proj is one product over all steps first) and one fused
+// element-wise pass over the gates. Large buffers come from pool.h.
 // Lecture notation (SPEC section 1), gate order i, f, g(z), o in every (.., 4H) row:
 //     c^t = g(z) * f(z_i) + c^{t-1} * f(z_f)        h^t = h(c^t) * f(z_o)
 // The Python side (backends/cpu.py) wraps forward and backward in one autograd.Function.
@@ -14,18 +15,14 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <map>
-#include <mutex>
 #include <optional>
 
 #include "gemm.h"
 #include "lstm_math.h"
+#include "pool.h"
 
 namespace {
 
@@ -50,68 +47,6 @@ struct Opts {
   }
 };
 
-// A tensor for the (T, B, ..) buffers: at 4 MiB and more in transparent huge pages (madvise), so
-// that first touching it costs one page fault per 2 MiB, not per 4 KiB (page faults dominated the
-// training forward otherwise: B=16, H=128, 90 µs per step instead of 44). Freed blocks go back to
-// a pool of up to POOL_BYTES (the oldest make room) and are handed out again: the kernel zeroes
-// every fresh page, which for a 16 MB projection costs as much as a fifth of the product (B=64,
-// H=128: 6.8 ms fresh, 5.7 reused).
-constexpr size_t HUGE_PAGE = size_t(2) << 20, POOL_BYTES = size_t(256) << 20;
-struct Pool {
-  struct Block {
-    void* data;
-    uint64_t age;  // when it was given back
-  };
-  std::mutex lock;
-  std::multimap<size_t, Block> blocks;  // free blocks by size
-  size_t bytes = 0;
-  uint64_t clock = 0;
-  void* take(size_t& size) {  // a free block of size .. 2 size (size becomes its size), or null
-    std::lock_guard<std::mutex> guard(lock);
-    auto it = blocks.lower_bound(size);
-    if (it == blocks.end() || it->first > 2 * size) return nullptr;
-    void* data = it->second.data;
-    size = it->first, bytes -= size, blocks.erase(it);
-    return data;
-  }
-  void give(void* data, size_t size) {  // kept, making room by freeing the oldest blocks
-    if (size > POOL_BYTES) return std::free(data);
-    std::lock_guard<std::mutex> guard(lock);
-    while (bytes + size > POOL_BYTES) {
-      auto oldest = blocks.begin();
-      for (auto it = blocks.begin(); it != blocks.end(); ++it)
-        if (it->second.age < oldest->second.age) oldest = it;
-      bytes -= oldest->first, std::free(oldest->second.data), blocks.erase(oldest);
-    }
-    bytes += size, blocks.emplace(size, Block{data, clock++});
-  }
-  void release() {
-    std::lock_guard<std::mutex> guard(lock);
-    for (auto& block : blocks) std::free(block.second.data);
-    blocks.clear(), bytes = 0;
-  }
-};
-Pool& pool() {
-  static Pool* p = new Pool;  // never destroyed: tensors may be freed after static destructors ran
-  return *p;
-}
-
-Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  size_t bytes = options.dtype().itemsize();
-  for (int64_t s : sizes) bytes *= size_t(s);
-  if (bytes < 2 * HUGE_PAGE) return at::empty(sizes, options);
-  size_t size = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-  void* data = pool().take(size);
-  if (!data) {
-    if (posix_memalign(&data, HUGE_PAGE, size) != 0) return at::empty(sizes, options);
-    madvise(data, size, MADV_HUGEPAGE);
-  }
-  return at::from_blob(data, sizes, [size](void* p) { pool().give(p, size); }, options);
-}
-
-// Frees the pooled blocks (lstmkit.backends.cpu.release_memory).
-void release_memory() { pool().release(); }
-
 // Row i of a tensor's first dimension, without ATen's checks inside the time loop.
 template <typename T>
 struct Rows {
@@ -123,7 +58,7 @@ struct Rows {
   T* operator[](int64_t i) const { return data + i * stride; }
 };
 
-// (M, N) = a (M, K) @ b (K, N) into a huge-page buffer (empty_large): a fresh 32 MB result costs
+// (M, N) = a (M, K) @ b (K, N) into a huge-page buffer (pool.h: empty_large): a fresh 32 MB result costs
 // ~8000 page faults otherwise. By gemm.h when b packed stays in L2 and there are rows enough to
 // repay the packing (AVX-512, B=64 H=128: 5.5 ms against MKL's 5.9), else by the BLAS. No bias:
 // the time loop adds it (forward_impl), where the BLAS would spend a pass over the result on it.
