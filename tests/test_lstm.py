@@ -156,6 +156,19 @@ def test_padding_is_never_read(backend):
     assert_close(ours(clean, lengths=[3, 1])[0], out.detach(), 1e-6)
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_final_state_can_be_detached_in_place(backend):
+    """Truncated backpropagation through time calls h.detach_() on the returned state, as with
+    torch.nn.LSTM: h_n and c_n are tensors of their own, not views (of h_0 either, at T = 0)."""
+    module = lstmkit.LSTM(3, 4, backend=backend)
+    h0, c0 = torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)
+    for steps in (5, 0):
+        _, (h, c) = module(torch.randn(steps, 2, 3), (h0, c0))
+        h.detach_(), c.detach_()
+        h.add_(1.0)
+        assert not h.requires_grad and torch.equal(h0, torch.zeros(1, 2, 4))
+
+
 def test_from_torch_with_peepholes_starts_from_the_same_function():
     reference = nn.LSTM(3, 4)
     ours = lstmkit.LSTM.from_torch(reference, peephole="full")

@@ -302,6 +302,4 @@ class LSTM(LSTMBase):
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        if len(h_n) == 1:  # one layer, one direction: a view, not a copy
-            return layer_input, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
-        return layer_input, torch.stack(h_n), torch.stack(c_n)
+        return layer_input, torch.stack(h_n), torch.stack(c_n)  # copies: h_n.detach_() must work

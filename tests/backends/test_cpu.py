@@ -132,6 +132,9 @@ def test_kernel_refuses_weights_of_the_wrong_shape():
         ops.forward(x_proj, empty, torch.randn(3), h0, c0, r, q, empty, lens, flags, params, False, False)
     with pytest.raises(RuntimeError, match="W_ih must be"):  # and W_ih: (4H, I) for an input x (T, B, I)
         ops.forward(x_proj, torch.randn(4 * H, 3), empty, h0, c0, r, q, empty, lens, flags, params, False, False)
+    with pytest.raises(RuntimeError, match="W_ih must have"):  # of x's dtype
+        ops.forward(x_proj, torch.randn(4 * H, 4 * H, dtype=torch.float64), empty, h0, c0, r, q, empty, lens, flags,
+                    params, False, False)
 
 
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])
@@ -203,13 +206,15 @@ def test_large_input_projection(dtype, options):
         assert_close(actual, expected, tol)
 
 
-@pytest.mark.parametrize("batch", [16, 64])  # fused into the steps' product; one product over all steps
-def test_input_projection_under_autocast_is_f_linear(batch):
+# sizes the kernel would fuse into the steps' product (512 KiB of weights), and project first (2 MiB)
+@pytest.mark.parametrize(("batch", "hidden"), [(16, 128), (64, 256)])
+def test_input_projection_under_autocast_is_f_linear(batch, hidden):
     """Under CPU autocast the input projection is F.linear, cast as autocast casts it, at every size;
     the bfloat16 result then runs the generic backend, as it would have without a W_ih to apply."""
     variant = lstmkit.Variant.create()
-    x, weight_ih, weight_hh = torch.randn(8, batch, 256), torch.randn(1024, 256), torch.randn(1024, 256)
-    h0 = c0 = torch.zeros(batch, 256)
+    x, weight_ih = torch.randn(8, batch, hidden), torch.randn(4 * hidden, hidden)
+    weight_hh, h0 = torch.randn(4 * hidden, hidden), torch.zeros(batch, hidden)
+    c0 = h0
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = cpu.recurrence(x, h0, c0, weight_hh, variant, weight_ih=weight_ih)
         x_proj = torch.nn.functional.linear(x, weight_ih)
@@ -220,12 +225,12 @@ def test_input_projection_under_autocast_is_f_linear(batch):
 
 
 @pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize(("batch", "dtype"), [(8, torch.float64), (9, torch.float32), (17, torch.float64), (7, torch.float32)])
+@pytest.mark.parametrize(("batch", "dtype"), [(8, torch.float64), (9, torch.float32), (17, torch.float64), (3, torch.float32)])
 def test_input_projection_inside_the_steps_product(options, batch, dtype):
-    """From 8 rows, with small weights, the kernel's product per step is [x^t, h^{t-1} (, c^{t-1})]
-    [W_ih, R (, Q)]^T, its left-hand side from two buffers (csrc/gemm.h: Lhs): I = 5 columns of x^t,
-    then the state. 9 and 17 rows leave one-row tiles (the micro-kernel's accumulator chains across
-    the two blocks); 7 rows project first, as before."""
+    """From 4 rows (AVX2 or AVX-512), with small weights, the kernel's product per step is
+    [x^t, h^{t-1} (, c^{t-1})] [W_ih, R (, Q)]^T, its left-hand side from two buffers (csrc/gemm.h:
+    Lhs): I = 5 columns of x^t, then the state. 9 and 17 rows leave one-row tiles (the
+    micro-kernel's accumulator chains across the two blocks); 3 rows project first."""
     module = lstmkit.LSTM(5, 19, dtype=dtype, backend="cpu", bidirectional=True, **options)
     lengths = [6, 2, 6, 0, 5, 6, 1, 6, 3][:batch] + [6] * max(0, batch - 9)
     check_against_reference(module, torch.randn(6, batch, 5), lengths=lengths, dtype=dtype)
@@ -235,6 +240,19 @@ def test_input_projection_inside_the_steps_product(options, batch, dtype):
         inferred = module(x)
     for a, b in zip((trained[0], *trained[1]), (inferred[0], *inferred[1])):
         assert torch.equal(a, b)
+
+
+def test_training_after_inference_mode():
+    """A first call under inference_mode, then training: nothing the kernel's calls share (such as the
+    empty tensors for absent arguments) may be an inference tensor, which backward cannot save."""
+    module = lstmkit.LSTM(3, 5, backend="cpu", proj_size=2)
+    x = torch.randn(4, 2, 3)
+    cpu._empty.cache_clear()  # as in a fresh process whose first call is this one
+    with torch.inference_mode():
+        inferred = module(x)[0]
+    out = module(x)[0]
+    out.sum().backward()
+    assert torch.equal(out.detach(), inferred) and module.weight_ih_l0.grad is not None
 
 
 def test_float32_gates_over_their_range():

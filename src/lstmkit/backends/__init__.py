@@ -1,6 +1,7 @@
 """Backends: one recurrence function each, all with the signature of
-:func:`lstmkit.backends.torch_loop.recurrence` (one layer, one direction, over precomputed
-input projections). :func:`select` picks one for a device and a variant.
+:func:`lstmkit.backends.torch_loop.recurrence` (one layer, one direction, over the input
+projections x W^T, which a backend may compute itself). :func:`select` picks one for a device
+and a variant.
 """
 
 from __future__ import annotations

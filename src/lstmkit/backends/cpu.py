@@ -56,8 +56,10 @@ def _codes(variant: Variant) -> tuple[list[int], list[float]]:
 
 @lru_cache(maxsize=None)
 def _empty(dtype: torch.dtype) -> torch.Tensor:
-    """An empty tensor, for the kernel's absent arguments (the kernel never writes to them)."""
-    return torch.empty(0, dtype=dtype)
+    """An empty CPU tensor, for the kernel's absent arguments (the kernel never writes to them).
+    A normal tensor even if first asked for under inference_mode: training saves it for backward."""
+    with torch.inference_mode(False):
+        return torch.empty(0, dtype=dtype, device="cpu")
 
 
 def _forward(x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse, train):
@@ -82,24 +84,28 @@ class FusedRecurrence(torch.autograd.Function):
     and Q (4H, H): one product where the weights are packed (together, csrc/gemm.h: Packed), one
     per matrix on the other paths and in backward; its weight gradient is one (4H, P + H) matrix,
     split here. The bias's gradient is dL/dx_proj summed over steps and batch (by the kernel, while
-    each step's rows are at hand). Given W_ih, the
-    kernel projects the input x itself; dL/dx and dL/dW_ih are one product each over all steps.
+    each step's rows are at hand). Given W_ih, the kernel projects the input x itself; dL/dx and
+    dL/dW_ih are one product each over all steps.
     """
 
     @staticmethod
     def forward(ctx, x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse):
         out, kernel_args = _forward(x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths,
                                     variant, reverse, train=True)
-        # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); weights; x and W_ih
-        ctx.save_for_backward(*out[3:], *kernel_args, x if weight_ih is not None else None, weight_ih)
-        ctx.setup = (*_codes(variant), reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None)
+        # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); weights; x for
+        # dL/dW_ih, W_ih for dL/dx (each only when that gradient is wanted)
+        projects = weight_ih is not None
+        ctx.save_for_backward(*out[3:], *kernel_args, x if projects and ctx.needs_input_grad[1] else None,
+                              weight_ih if projects and ctx.needs_input_grad[0] else None)
+        ctx.setup = (*_codes(variant), reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None, projects)
+        ctx.input_shape = x.shape
         return out[0], out[1], out[2]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_h_n, grad_c_n):
         zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens, x, weight_ih = ctx.saved_tensors
-        flags, params, reverse, p, peephole, projected = ctx.setup
+        flags, params, reverse, p, peephole, projected, projects = ctx.setup
         ops = cpu_build.load()
         d_x, d_h0, d_c0, d_rec, d_peep, d_hr, d_b = ops.backward(
             grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), zbuf, cbuf, cprev, hbuf, abuf,
@@ -108,10 +114,10 @@ class FusedRecurrence(torch.autograd.Function):
         d_peephole = {"full": d_rec[:, p:], "diagonal": d_peep}.get(peephole)
         d_bias = d_b if ctx.needs_input_grad[2] else None  # d_x summed over steps and batch
         d_weight_ih = None
-        if weight_ih is not None:  # x_proj = x W_ih^T
+        if projects:  # x_proj = x W_ih^T
             dz = d_x.view(-1, d_x.shape[-1])  # (T*B, 4H)
             d_weight_ih = ops.weight_grad(dz, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
-            d_x = ops.matmul(dz, weight_ih).view(x.shape) if ctx.needs_input_grad[0] else None
+            d_x = ops.matmul(dz, weight_ih).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
         return (d_x, d_weight_ih, d_bias, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None,
                 None, None, None)
 

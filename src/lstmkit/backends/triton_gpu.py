@@ -234,10 +234,11 @@ def recurrence(
     weight_ih: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`lstmkit.backends.torch_loop.recurrence` (same arguments, shapes and results) in Triton."""
-    _check_inputs(x_proj, h0=h0, c0=c0, weight_hh=weight_hh, peephole_weight=peephole_weight, weight_hr=weight_hr,
-                  bias=bias, weight_ih=weight_ih)
-    if weight_ih is not None:  # one product over all steps, x W^T (T, B, 4H)
+    if weight_ih is not None:  # one product over all steps, x W^T (T, B, 4H); then x_proj's dtype rules
+        _check_inputs(x_proj, weight_ih=weight_ih)
         x_proj = torch.nn.functional.linear(x_proj, weight_ih)
+    _check_inputs(x_proj, h0=h0, c0=c0, weight_hh=weight_hh, peephole_weight=peephole_weight, weight_hr=weight_hr,
+                  bias=bias)
     if bias is not None:
         x_proj = x_proj + bias
     steps, batch = x_proj.shape[:2]

@@ -316,6 +316,7 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_in, const Tens
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "lstmkit cpu backend: x must be contiguous (T, B, .)");
   const int64_t G = w_in.numel() ? w_in.size(0) : x.size(2);
   TORCH_CHECK(!w_in.numel() || (w_in.dim() == 2 && w_in.size(1) == x.size(2)), "lstmkit cpu backend: W_ih must be (4H, I)");
+  TORCH_CHECK(!w_in.numel() || w_in.scalar_type() == x.scalar_type(), "lstmkit cpu backend: W_ih must have x's dtype");
   check_weights(w_rec, peep, G, h0.size(1), o);
   TORCH_CHECK(!bias.numel() || (bias.dim() == 1 && bias.size(0) == G && bias.is_contiguous()),
               "lstmkit cpu backend: bias must be contiguous (4H,) or empty");
