@@ -196,10 +196,10 @@ void gemm(int64_t M, const Lhs<T>& A, const Packed<T, V>& B, const T* C0, int64_
       const int64_t i_next = backwards ? i - 1 : i + 1;
       const bool prefetch = K * B.N * int64_t(sizeof(T)) >= PREFETCH_BYTES && (backwards ? i_next >= first : i_next < last);
       const char* upcoming = prefetch ? reinterpret_cast<const char*>(B.panel(i_next % panels)) : nullptr;
-      const int64_t m_first = i / panels * MC, m_end_ = std::min(M, m_first + MC);
-      const int64_t tiles = (m_end_ - m_first + MR_ - 1) / MR_;
+      const int64_t m_first = i / panels * MC, m_end = std::min(M, m_first + MC);
+      const int64_t tiles = (m_end - m_first + MR_ - 1) / MR_;
       const int64_t share = (K * NR * int64_t(sizeof(T)) / 64 + tiles - 1) / tiles;  // lines per tile
-      for (int64_t m = m_first, m_end = m_end_; m < m_end; m += MR_) {
+      for (int64_t m = m_first; m < m_end; m += MR_) {
         const int64_t rows = std::min<int64_t>(MR_, m_end - m);
         const char* pf = upcoming ? upcoming + (m - m_first) / MR_ * share * 64 : nullptr;
         if (cols == NR) {
