@@ -27,6 +27,8 @@
 #include <optional>
 #include <vector>
 
+#include <unistd.h>
+
 #include "simd.h"
 
 namespace lstmkit {
@@ -68,17 +70,33 @@ struct Packed {
       // B[k, n] = src[(k - k_first) stride_k + n stride_n], read in memory order, along k or
       // along n. Along k, in blocks of KB: a whole column of the panel at once writes K lines NR
       // values apart, which share a few L1 sets and evict each other from K = 256 on (packing
-      // 4H x 2H at H=128: 260 µs; in blocks: 47 µs).
-      constexpr int64_t KB = 16;
+      // 4H x 2H at H=128: 260 µs; in blocks: 47 µs). With k contiguous (R^T, the forward's
+      // recurrent weights), blocks of L x L values are transposed in registers, the rest as before
+      // (R^T at B=1, H=128, 256 KiB: 46 -> 11 µs per call; right after a sleep, 80 -> 16 µs).
+      constexpr int64_t KB = 16, L = Simd<T>::L;
       for (int64_t p = 0; p < panels; ++p) {
         const int64_t cols = std::min(NR, N - p * NR);
         const T* s = src + p * NR * stride_n - k_first * stride_k;
         T* d = data.data_ptr<T>() + p * K * NR;
-        if (stride_k < stride_n)
-          for (int64_t k0 = k_first; k0 < k_end; k0 += KB)
-            for (int64_t j = 0, k_stop = std::min(k_end, k0 + KB); j < cols; ++j)
+        const auto copy = [&](int64_t k_lo, int64_t k_hi, int64_t j_lo, int64_t j_hi) {  // one value at a time
+          for (int64_t k0 = k_lo; k0 < k_hi; k0 += KB)
+            for (int64_t j = j_lo, k_stop = std::min(k_hi, k0 + KB); j < j_hi; ++j)
               for (int64_t k = k0; k < k_stop; ++k) d[k * NR + j] = s[j * stride_n + k * stride_k];
-        else
+        };
+        if (stride_k == 1) {
+          const int64_t k_vec = k_first + (k_end - k_first) / L * L, j_vec = cols / L * L;
+          for (int64_t k0 = k_first; k0 < k_vec; k0 += L)
+            for (int64_t j0 = 0; j0 < j_vec; j0 += L) {
+              typename Simd<T>::V v[L];  // v[i] = B[k0 : k0 + L, j0 + i], then B[k0 + i, j0 : j0 + L]
+              _Pragma("GCC unroll 16") for (int64_t i = 0; i < L; ++i) v[i] = Simd<T>::load(s + (j0 + i) * stride_n + k0);
+              Simd<T>::transpose(v);
+              _Pragma("GCC unroll 16") for (int64_t i = 0; i < L; ++i) Simd<T>::store(d + (k0 + i) * NR + j0, v[i]);
+            }
+          copy(k_first, k_vec, j_vec, cols);
+          copy(k_vec, k_end, 0, cols);
+        } else if (stride_k < stride_n) {
+          copy(k_first, k_end, 0, cols);
+        } else
           for (int64_t k = k_first; k < k_end; ++k)
             for (int64_t j = 0; j < cols; ++j) d[k * NR + j] = s[k * stride_k + j * stride_n];
         for (int64_t k = k_first; k < k_end && cols < NR; ++k) std::fill(d + k * NR + cols, d + (k + 1) * NR, T(0));
@@ -253,13 +271,12 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, boo
 // gemm() when the call has enough steps to repay the packing and the CPU has the vector units
 // the micro-kernel is written for; otherwise the BLAS on B as it is (a one-step call, such as
 // LSTMCell's, would read and write the weights once more than it uses them). One row against a
-// B of 1 MiB or more with contiguous columns goes to gemv() instead: packing is pure cost
-// where the packed copy does not stay close to the core between steps (B=1 forward kernel,
-// alternating builds: Zen 3 (512 KiB L2), H=512: 13.8 ms unpacked, 15.7 packed; Xeon with AVX-512
-// (2 MiB L2), H=256 (1 MB): 1.07 ms unpacked, 1.21 packed; H=128: packed 5-9 % faster on both).
-// Packing along k was since made 5x faster (Packed); at 1 MiB packed then ran the recurrence
-// alone 8 % faster (1.20 vs 1.30 ms) but the whole forward as fast when warm and 5 % slower
-// right after another engine's run (2.60 vs 2.46 ms): unpacked from 1 MiB stays.
+// B of more than half the L2 cache with contiguous columns goes to gemv() instead: packing is
+// pure cost where the packed copy does not stay close to the core between steps (B=1 forward,
+// alternating builds: Zen 3 (512 KiB L2), H=512: 13.8 ms unpacked, 15.7 packed; H=128 packed
+// 5-9 % faster. Xeon with AVX-512 (2 MiB L2), since packing transposes in registers: H=512
+// (4 MiB) 15.4 ms unpacked, 17.2 packed; H=256 (1 MiB) 2 % faster packed, module against
+// onnxruntime 1.04 -> 1.02 over four process pairs).
 // Successive calls run through B in alternate directions: when B does not fit in L2, each step
 // then starts on the part of B the previous step read last, still in L2, instead of evicting
 // it just before it is needed (LRU against a cyclic sweep keeps nothing).
@@ -268,7 +285,13 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, boo
 // 4 MiB: forward 249 -> 242 ms, forward+backward 752 -> 728, alternating builds), not at B=16 or
 // with 1-2 MiB (B=16 H=512 recurrence 35.6 ms packed, 46.7 BLAS).
 constexpr int64_t PACK_STEPS = 4;
-constexpr int64_t GEMV_BYTES = int64_t(1) << 20;
+inline int64_t l2_bytes() {  // this core's L2 cache (1 MiB where the C library does not say)
+  static const int64_t bytes = [] {
+    const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return size > 0 ? int64_t(size) : int64_t(1) << 20;
+  }();
+  return bytes;
+}
 constexpr int64_t BLAS_ROWS = 32, BLAS_BYTES = int64_t(4) << 20;
 
 template <typename T>
@@ -281,7 +304,7 @@ struct Product {
   Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows) : parts(std::move(parts_)) {
     int64_t bytes = 0;
     for (const auto& part : parts) bytes += part.numel() * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
-    one_row &= rows == 1 && bytes >= GEMV_BYTES;
+    one_row &= rows == 1 && 2 * bytes > l2_bytes();
     if (steps >= PACK_STEPS && rows >= BLAS_ROWS && bytes >= BLAS_BYTES) {  // the BLAS, on contiguous weights
       for (auto& part : parts) part = part.contiguous();
       return;

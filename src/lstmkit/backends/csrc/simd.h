@@ -32,6 +32,23 @@ template <> struct Simd<float> {
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float sum(V a) { return _mm512_reduce_add_ps(a); }
+  static void transpose(V (&r)[L]) {  // r[i][j] <- r[j][i]
+    V u[L];
+    for (int g = 0; g < 4; ++g) {  // u[4 m + g], 128-bit lane j: rows 4g .. 4g+3 of column 4j + m
+      const V* a = r + 4 * g;
+      const __m512d t0 = _mm512_castps_pd(_mm512_unpacklo_ps(a[0], a[1])), t1 = _mm512_castps_pd(_mm512_unpackhi_ps(a[0], a[1]));
+      const __m512d t2 = _mm512_castps_pd(_mm512_unpacklo_ps(a[2], a[3])), t3 = _mm512_castps_pd(_mm512_unpackhi_ps(a[2], a[3]));
+      u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)), u[4 + g] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+      u[8 + g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)), u[12 + g] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    for (int m = 0; m < 4; ++m) {  // the 4 x 4 lanes of u[4m .. 4m+3]: columns m, 4 + m, 8 + m, 12 + m
+      const V* a = u + 4 * m;
+      const V v0 = _mm512_shuffle_f32x4(a[0], a[1], 0x44), v1 = _mm512_shuffle_f32x4(a[0], a[1], 0xEE);
+      const V v2 = _mm512_shuffle_f32x4(a[2], a[3], 0x44), v3 = _mm512_shuffle_f32x4(a[2], a[3], 0xEE);
+      r[m] = _mm512_shuffle_f32x4(v0, v2, 0x88), r[4 + m] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+      r[8 + m] = _mm512_shuffle_f32x4(v1, v3, 0x88), r[12 + m] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+  }
 };
 template <> struct Simd<double> {
   using V = __m512d;
@@ -54,6 +71,18 @@ template <> struct Simd<double> {
   static V ldexp(V a, V n) { return _mm512_scalef_pd(a, n); }  // a 2^n, n integral
   static V select_lt(V a, V b, V x, V y) { return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x); }
   static double sum(V a) { return _mm512_reduce_add_pd(a); }
+  static void transpose(V (&r)[L]) {  // r[i][j] <- r[j][i]
+    V u[L];
+    for (int g = 0; g < 4; ++g)  // u[4 m + g], 128-bit lane j: rows 2g, 2g+1 of column 2j + m
+      u[g] = _mm512_unpacklo_pd(r[2 * g], r[2 * g + 1]), u[4 + g] = _mm512_unpackhi_pd(r[2 * g], r[2 * g + 1]);
+    for (int m = 0; m < 2; ++m) {  // the 4 x 4 lanes of u[4m .. 4m+3]: columns m, 2 + m, 4 + m, 6 + m
+      const V* a = u + 4 * m;
+      const V v0 = _mm512_shuffle_f64x2(a[0], a[1], 0x44), v1 = _mm512_shuffle_f64x2(a[0], a[1], 0xEE);
+      const V v2 = _mm512_shuffle_f64x2(a[2], a[3], 0x44), v3 = _mm512_shuffle_f64x2(a[2], a[3], 0xEE);
+      r[m] = _mm512_shuffle_f64x2(v0, v2, 0x88), r[2 + m] = _mm512_shuffle_f64x2(v0, v2, 0xDD);
+      r[4 + m] = _mm512_shuffle_f64x2(v1, v3, 0x88), r[6 + m] = _mm512_shuffle_f64x2(v1, v3, 0xDD);
+    }
+  }
 };
 #elif defined(__AVX2__)
 template <> struct Simd<float> {
@@ -75,6 +104,18 @@ template <> struct Simd<float> {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_hadd_ps(s, s);
     return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+  }
+  static void transpose(V (&r)[L]) {  // r[i][j] <- r[j][i]
+    V u[L];
+    for (int g = 0; g < 2; ++g) {  // u[2 m + g], 128-bit lane j: rows 4g .. 4g+3 of column 4j + m
+      const V* a = r + 4 * g;
+      const __m256d t0 = _mm256_castps_pd(_mm256_unpacklo_ps(a[0], a[1])), t1 = _mm256_castps_pd(_mm256_unpackhi_ps(a[0], a[1]));
+      const __m256d t2 = _mm256_castps_pd(_mm256_unpacklo_ps(a[2], a[3])), t3 = _mm256_castps_pd(_mm256_unpackhi_ps(a[2], a[3]));
+      u[g] = _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2)), u[2 + g] = _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2));
+      u[4 + g] = _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3)), u[6 + g] = _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3));
+    }
+    for (int m = 0; m < 4; ++m)
+      r[m] = _mm256_permute2f128_ps(u[2 * m], u[2 * m + 1], 0x20), r[4 + m] = _mm256_permute2f128_ps(u[2 * m], u[2 * m + 1], 0x31);
   }
 };
 template <> struct Simd<double> {
@@ -104,6 +145,12 @@ template <> struct Simd<double> {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_hadd_pd(s, s));
   }
+  static void transpose(V (&r)[L]) {  // r[i][j] <- r[j][i]
+    const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);  // [a0 b0 | a2 b2], [a1 b1 | a3 b3]
+    const V t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20), r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31), r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
 };
 #else  // portable: one lane, the same code
 template <typename T> struct Simd {
@@ -127,6 +174,7 @@ template <typename T> struct Simd {
   static V ldexp(V a, V n) { return std::ldexp(a, int(n)); }
   static V select_lt(V a, V b, V x, V y) { return a < b ? x : y; }
   static T sum(V a) { return a; }
+  static void transpose(V (&)[L]) {}
 };
 #endif
 
