@@ -84,11 +84,13 @@ def test_one_row_against_large_weights(options):
     check_against_reference(module, torch.randn(6, 1, 3), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("steps", [2, 5])  # the BLAS on the weights as they are; on a contiguous copy
+@pytest.mark.parametrize("steps", [2, 5])  # forward: the BLAS on the weights as they are; fused and packed
 @pytest.mark.parametrize("options", OPTIONS[:3])
 def test_many_rows_against_large_weights(options, steps):
     """B = 32 with recurrent weights of 4 MiB and more (here 4.2 MB; 8.4 with full peepholes, as two
-    parts): the BLAS, forward and backward (csrc/gemm.h: BLAS_ROWS), and inference alike."""
+    parts; csrc/gemm.h: BLAS_ROWS). Forward: 2 steps by the BLAS; 5 steps in one packed product
+    with the input projection (lstm_cpu.cpp: FUSE_ROWS), 4.3 MB and more, prefetched. Backward by
+    the BLAS on a contiguous copy. Inference alike."""
     module = lstmkit.LSTM(3, 363, dtype=torch.float64, backend="cpu", **options)
     x = torch.randn(steps, 32, 3, dtype=torch.float64)
     check_against_reference(module, x, dtype=torch.float64)

@@ -293,6 +293,9 @@ inline int64_t l2_bytes() {  // this core's L2 cache (1 MiB where the C library 
   return bytes;
 }
 constexpr int64_t BLAS_ROWS = 32, BLAS_BYTES = int64_t(4) << 20;
+inline bool blas_product(int64_t steps, int64_t rows, int64_t bytes) {
+  return steps >= PACK_STEPS && rows >= BLAS_ROWS && bytes >= BLAS_BYTES;
+}
 
 template <typename T>
 struct Product {
@@ -301,11 +304,12 @@ struct Product {
   std::optional<Packed<T, ROW_VECS>> packed_row;  // for products of one row: wider panels
   bool one_row = true;  // gemv() over each part
   mutable bool backwards = false;
-  Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows) : parts(std::move(parts_)) {
+  // no_blas: packed where the BLAS would be chosen (the forward's fused [W_ih, R] product)
+  Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows, bool no_blas = false) : parts(std::move(parts_)) {
     int64_t bytes = 0;
     for (const auto& part : parts) bytes += part.numel() * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
     one_row &= rows == 1 && 2 * bytes > l2_bytes();
-    if (steps >= PACK_STEPS && rows >= BLAS_ROWS && bytes >= BLAS_BYTES) {  // the BLAS, on contiguous weights
+    if (!no_blas && blas_product(steps, rows, bytes)) {  // the BLAS, on contiguous weights
       for (auto& part : parts) part = part.contiguous();
       return;
     }

@@ -2,7 +2,8 @@
 //
 // The time loop runs here, in C++: per step one matrix product (gemm.h's Product: the weights
 // packed once per call, read unpacked at B=1, or the BLAS for calls of a few steps; R h^{t-1},
-// and W x^t too at small sizes, else x_proj is one product over all steps first) and one fused
+// and W x^t too at small sizes and at many rows against large weights, else x_proj is one
+// product over all steps first) and one fused
 // element-wise pass over the gates. Large buffers come from pool.h.
 // Lecture notation (SPEC section 1), gate order i, f, g(z), o in every (.., 4H) row:
 //     c^t = g(z) * f(z_i) + c^{t-1} * f(z_f)        h^t = h(c^t) * f(z_o)
@@ -89,6 +90,10 @@ Tensor weight_grad(const Tensor& dz, const Tensor& x) {
 // Given W_ih, the kernel projects the input itself. From FUSE_ROWS rows, while [W_ih; R (; Q)]
 // packed stays in L2 (FUSE_BYTES), inside each step's product, over [x^t, h^{t-1} (, c^{t-1})]:
 // no (T, B, 4H) x_proj goes to memory and back, and the product runs with twice the depth.
+// Also where R alone would go to the BLAS (gemm.h: many rows against weights beyond L2, which
+// come from L3 every step anyway): B=64 H=512 forward 233-237 -> 221-230 ms, alternating
+// processes; not at B=16 (60 -> 63 ms, the weights stream at a quarter of the arithmetic per
+// byte) nor with R in L2 (B=64 H=256 60.3 -> 60.5 ms, B=16 H=256 15.7 -> 16.5).
 // Otherwise one product over all steps first (matmul).
 constexpr int64_t FUSE_ROWS = 4, FUSE_BYTES = int64_t(1) << 20;
 
@@ -101,7 +106,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   const bool proj = w_hr.numel() > 0;
   auto opt = x.options();
   const bool fuse = w_in.numel() && Simd<T>::L > 1 && T_ >= PACK_STEPS && B >= FUSE_ROWS &&
-                    (I + K) * G * int64_t(sizeof(T)) <= FUSE_BYTES;
+                    ((I + K) * G * int64_t(sizeof(T)) <= FUSE_BYTES || blas_product(T_, B, K * G * int64_t(sizeof(T))));
   // x_proj (T, B, 4H) = W_ih x, or x itself (fused, or x_proj given)
   const Tensor x_proj = w_in.numel() && !fuse ? matmul(x.reshape({T_ * B, I}), w_in.t()).view({T_, B, G}) : x;
   Tensor y = empty_large({T_, B, P}, opt);
@@ -121,7 +126,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   std::vector<Tensor> rec_parts{w_rec.t()};  // [W_ih, R, Q]^T ((I +) K, G)
   if (o.full) rec_parts.push_back(peep.t());
   if (fuse) rec_parts.insert(rec_parts.begin(), w_in.t());
-  const Product<T> rec(rec_parts, T_, B);
+  const Product<T> rec(rec_parts, T_, B, fuse);
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr.t(), T_, B);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
