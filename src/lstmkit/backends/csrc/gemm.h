@@ -287,7 +287,11 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, boo
 constexpr int64_t PACK_STEPS = 4;
 inline int64_t l2_bytes() {  // this core's L2 cache (1 MiB where the C library does not say)
   static const int64_t bytes = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE  // glibc
     const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+    const long size = 0;
+#endif
     return size > 0 ? int64_t(size) : int64_t(1) << 20;
   }();
   return bytes;
