@@ -47,8 +47,24 @@ def test_tiny_grid_writes_consistent_results(tmp_path, capsys, restore_threads):
     (["--steps", "0"], "--steps must be >= 1"),
     (["--batch", "0"], "--batch and --hidden must be >= 1"),
     (["--stacked", "0", "8"], "--stacked takes B H"),
+    (["--min-time", "-1"], "--min-time must be >= 0 seconds"),
+    (["--min-time", "nan"], "--min-time must be >= 0 seconds"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, capsys, restore_threads):
     assert cli.main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_min_time_adds_rounds(tmp_path, restore_threads):
+    """--min-time keeps timing a size past --repeats: every contender gets the same, larger number
+    of runs, and the command on the results page says so."""
+    out_json = tmp_path / "r.json"
+    argv = ["bench", "--batch", "1", "--hidden", "8", "--steps", "3", "--stacked", "0", "0", "--variants", "vanilla",
+            "--repeats", "2", "--warmup", "0", "--min-time", "0.5", "--json", str(out_json)]
+    assert cli.main(argv) == 0
+    result = json.loads(out_json.read_text())
+    (row,) = result["rows"]
+    runs = len(row["fwd_runs_ms"])
+    assert runs > 2 and len(row["fwdbwd_runs_ms"]) == runs
+    assert "--min-time 0.5" in result["machine"]["command"]

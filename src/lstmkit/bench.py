@@ -55,6 +55,9 @@ def add_arguments(parser) -> None:
                         help="the 2-layer bidirectional case (B, H); 0 0 leaves it out")
     parser.add_argument("--threads", type=int, default=1, help="threads for every engine")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per engine (median)")
+    parser.add_argument("--min-time", type=float, default=0.0, metavar="SECONDS",
+                        help="more rounds than --repeats until a size has been timed this long (cheap sizes, "
+                             "whose runs vary most, get more samples)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per engine first")
     parser.add_argument("--clock", choices=["cpu", "wall"], help="cpu (default with 1 thread) or wall")
     parser.add_argument("--backend", default="auto", help="lstmkit backend to time")
@@ -72,6 +75,8 @@ def _check(args) -> None:
             raise CommandError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise CommandError(f"--warmup must be >= 0, got {args.warmup}")
+    if not args.min_time >= 0:  # also NaN
+        raise CommandError(f"--min-time must be >= 0 seconds, got {args.min_time}")
     for value in [*args.batch, *args.hidden]:
         if value < 1:
             raise CommandError(f"--batch and --hidden must be >= 1, got {value}")
@@ -150,14 +155,17 @@ def _contenders(batch, hidden, layers, bidirectional, args, use_ort):
 
 
 def _time(runs: dict, args) -> dict:
-    """Milliseconds per run of every contender, all contenders once per round, in a new order each round."""
+    """Milliseconds per run of every contender, all contenders once per round, in a new order each
+    round; at least --repeats rounds, and more until --min-time seconds have passed."""
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for run in runs.values():
         for _ in range(args.warmup):
             run()
     samples = {key: [] for key in runs}
     keys, order = list(runs), random.Random(0)
-    for _ in range(args.repeats):
+    rounds, deadline = 0, time.perf_counter() + args.min_time
+    while rounds < args.repeats or time.perf_counter() < deadline:
+        rounds += 1
         # A new order each round: who runs before whom (and leaves the caches and the heap to the
         # next) changes, so no contender always follows the same one.
         for key in order.sample(keys, len(keys)):
@@ -270,11 +278,11 @@ def _command(args) -> str:
     defaults = vars(parser.parse_args([]))
     defaults["clock"] = "cpu" if args.threads == 1 else "wall"
     parts = ["lstmkit bench"]
-    for name in ("batch", "hidden", "steps", "variants", "stacked", "threads", "repeats", "warmup", "clock",
-                 "backend", "markdown"):
+    for name in ("batch", "hidden", "steps", "variants", "stacked", "threads", "repeats", "min_time", "warmup",
+                 "clock", "backend", "markdown"):
         value = getattr(args, name)
         if value != defaults[name]:
-            parts += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
+            parts += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
     return " ".join(parts)
 
 
@@ -324,7 +332,8 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     machine = _machine(args)
     print(f"lstmkit bench: {machine['cpu']}, {args.threads} thread(s), clock={args.clock}, "
-          f"T={args.steps}, median of {args.repeats}", flush=True)
+          f"T={args.steps}, median of {args.repeats} runs or more"
+          + (f" (each size timed for {args.min_time:g} s at least)" if args.min_time else ""), flush=True)
     rows = _measure(args)
     machine["kernel instruction set"] = cpu_build.isa() if cpu_build.loaded() else "none (no kernel)"
     checks = acceptance(rows)
