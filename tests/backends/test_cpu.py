@@ -84,6 +84,24 @@ def test_one_row_against_large_weights(options):
     check_against_reference(module, torch.randn(6, 1, 3), dtype=torch.float64)
 
 
+@pytest.mark.parametrize("gates, coupled", [("fo", False), ("io", False), ("i", False), ("if", True)])
+@pytest.mark.parametrize("batch, hidden, dtype", [(6, 19, torch.float32), (1, 19, torch.float64), (1, 257, torch.float64)])
+def test_products_skip_unused_gate_blocks(gates, coupled, batch, hidden, dtype):
+    """The forward's products compute only the gate blocks the variant uses (csrc/lstm_cpu.cpp:
+    forward_impl): the first block missing, one in the middle, two, the coupled forget gate. Packed
+    (B=6, H=19 with a tail panel in each block; B=1 H=19) and one row unpacked (B=1, H=257: 2.1 MB),
+    outputs and every gradient against the float64 reference; inference equal to training."""
+    module = lstmkit.LSTM(5, hidden, dtype=dtype, backend="cpu", gates=gates, coupled_gates=coupled,
+                          peephole="diagonal")
+    x = torch.randn(6, batch, 5, dtype=dtype)
+    check_against_reference(module, x, dtype=dtype)
+    trained = module(x)
+    with torch.no_grad():
+        inferred = module(x)
+    for a, b in zip((trained[0], *trained[1]), (inferred[0], *inferred[1])):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("steps", [2, 5])  # forward: the BLAS on the weights as they are; fused and packed
 @pytest.mark.parametrize("options", OPTIONS[:3])
 def test_many_rows_against_large_weights(options, steps):

@@ -49,19 +49,28 @@ constexpr int rows_for = MR * V <= 16 ? MR : 16 / V;  // at most 16 accumulators
 constexpr int64_t MC = 64;       // rows of A per block (the time loop's products are one block)
 constexpr int64_t PREFETCH_BYTES = int64_t(2) << 20;  // packed B from which gemm prefetches panels
 
-// B (K, N) as ceil(N / NR) zero-padded panels of shape (K, NR), NR = V vectors. B is the parts
-// (K_i, N) (any strides) stacked along k: the recurrent weights with full peepholes are [R, Q]^T.
+// Ranges [first, last) of B's columns that a product computes; the others it skips, and C keeps
+// what it held there (the gate blocks a variant does not use: lstm_cpu.cpp, forward_impl). Empty:
+// all of them.
+using Columns = std::vector<std::pair<int64_t, int64_t>>;
+
+// B (K, N) as zero-padded panels of shape (K, NR), NR = V vectors, ceil(width / NR) for each range
+// of columns. B is the parts (K_i, N) (any strides) stacked along k: the recurrent weights with
+// full peepholes are [R, Q]^T.
 template <typename T, int V = NR_VECS>
 struct Packed {
   static constexpr int64_t NR = V * Simd<T>::L;
   int64_t K = 0, N = 0;
   at::Tensor data;  // (panels, K, NR)
-  explicit Packed(const std::vector<at::Tensor>& parts) : N(parts.at(0).size(1)) {
+  std::vector<int64_t> first, width;  // each panel's first column in B (and C), and its columns
+  explicit Packed(const std::vector<at::Tensor>& parts, const Columns& columns = {}) : N(parts.at(0).size(1)) {
     for (const auto& part : parts) {
       TORCH_CHECK(part.size(1) == N, "Packed: parts differ in N");
       K += part.size(0);
     }
-    const int64_t panels = (N + NR - 1) / NR;
+    for (const auto& [lo, hi] : columns.empty() ? Columns{{0, N}} : columns)
+      for (int64_t n = lo; n < hi; n += NR) first.push_back(n), width.push_back(std::min(NR, hi - n));
+    const int64_t panels = int64_t(first.size());
     data = at::empty({panels, K, NR}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     int64_t k_first = 0;  // the part's first row in B
     for (const auto& part : parts) {
@@ -75,8 +84,8 @@ struct Packed {
       // (R^T at B=1, H=128, 256 KiB: 46 -> 11 µs per call; right after a sleep, 80 -> 16 µs).
       constexpr int64_t KB = 16, L = Simd<T>::L;
       for (int64_t p = 0; p < panels; ++p) {
-        const int64_t cols = std::min(NR, N - p * NR);
-        const T* s = src + p * NR * stride_n - k_first * stride_k;
+        const int64_t cols = width[p];
+        const T* s = src + first[p] * stride_n - k_first * stride_k;
         T* d = data.data_ptr<T>() + p * K * NR;
         const auto copy = [&](int64_t k_lo, int64_t k_hi, int64_t j_lo, int64_t j_hi) {  // one value at a time
           for (int64_t k0 = k_lo; k0 < k_hi; k0 += KB)
@@ -105,6 +114,7 @@ struct Packed {
     }
   }
   const T* panel(int64_t p) const { return data.data_ptr<T>() + p * K * NR; }
+  int64_t panels() const { return int64_t(first.size()); }
 };
 
 // The left-hand side A (M, K) of a product, rows in memory order: one block of columns, or two
@@ -197,7 +207,7 @@ template <typename T, int V>
 void gemm(int64_t M, const Lhs<T>& A, const Packed<T, V>& B, const T* C0, int64_t ldc0, const T* bias,
           T* C, int64_t ldc, bool backwards = false) {
   constexpr int64_t NR = Packed<T, V>::NR, MR_ = rows_for<V>;
-  const int64_t panels = (B.N + NR - 1) / NR, K = B.K;
+  const int64_t panels = B.panels(), K = B.K;
   // Blocks of MC rows of A (MC x K stays in L2) times every panel; blocks and panels are shared
   // out to threads in that order.
   const int64_t blocks = (M + MC - 1) / MC, work = blocks * panels;
@@ -206,13 +216,13 @@ void gemm(int64_t M, const Lhs<T>& A, const Packed<T, V>& B, const T* C0, int64_
     T tile[MR_ * NR], tile0[MR_ * NR] = {}, bias0[NR] = {};  // past the last column: read, never used
     for (int64_t next = first; next < last; ++next) {
       const int64_t i = backwards ? first + last - 1 - next : next;
-      const int64_t p = i % panels, n0 = p * NR, cols = std::min(NR, B.N - n0);
+      const int64_t p = i % panels, n0 = B.first[p], cols = B.width[p];
       // Weights beyond L2 come from L3 panel by panel, and the hardware prefetcher stops at every
       // 4 KiB page: the next piece's panel is prefetched while this one runs, a line per k, its
       // lines shared out over the row tiles (B=16 H=512, 4 MiB: recurrence 39.6-45.8 -> 35.5-36.2
       // ms; at 1 MiB, in L2, it cost 5 %).
       const int64_t i_next = backwards ? i - 1 : i + 1;
-      const bool prefetch = K * B.N * int64_t(sizeof(T)) >= PREFETCH_BYTES && (backwards ? i_next >= first : i_next < last);
+      const bool prefetch = K * panels * NR * int64_t(sizeof(T)) >= PREFETCH_BYTES && (backwards ? i_next >= first : i_next < last);
       const char* upcoming = prefetch ? reinterpret_cast<const char*>(B.panel(i_next % panels)) : nullptr;
       const int64_t m_first = i / panels * MC, m_end = std::min(M, m_first + MC);
       const int64_t tiles = (m_end - m_first + MR_ - 1) / MR_;
@@ -236,17 +246,17 @@ void gemm(int64_t M, const Lhs<T>& A, const Packed<T, V>& B, const T* C0, int64_
   });
 }
 
-// y (N) = c0 (N, or 0 when null) + bias (N, or 0 when null) + x (K) @ B for one row, B's columns
-// contiguous (stride_k 1), read as they are: 8 dot products at a time (8 independent accumulators),
-// last ones first when backwards.
+// y[lo:hi] = c0 (or 0 when null) + bias (or 0 when null) + x (K) @ B[:, lo:hi] for one row, B's
+// columns contiguous (stride_k 1), read as they are: 8 dot products at a time (8 independent
+// accumulators), last ones first when backwards.
 template <typename T>
-void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, bool backwards = false) {
+void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, bool backwards, int64_t lo, int64_t hi) {
   using S = Simd<T>;
   constexpr int64_t L = S::L;
-  const int64_t K = b.size(0), N = b.size(1), sn = b.stride(1), blocks = N / 8;
+  const int64_t K = b.size(0), sn = b.stride(1), blocks = (hi - lo) / 8;
   const T* B = b.data_ptr<T>();
   for (int64_t next = 0; next < blocks; ++next) {
-    const int64_t n = 8 * (backwards ? blocks - 1 - next : next);
+    const int64_t n = lo + 8 * (backwards ? blocks - 1 - next : next);
     typename S::V acc[8];
     _Pragma("GCC unroll 8") for (int j = 0; j < 8; ++j) acc[j] = S::zero();
     int64_t k = 0;
@@ -260,7 +270,7 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, boo
       y[n + j] = (c0 ? c0[n + j] : T(0)) + (bias ? bias[n + j] : T(0)) + sum;
     }
   }
-  for (int64_t n = 8 * blocks; n < N; ++n) {
+  for (int64_t n = lo + 8 * blocks; n < hi; ++n) {
     T sum = (c0 ? c0[n] : T(0)) + (bias ? bias[n] : T(0));
     for (int64_t k = 0; k < K; ++k) sum += B[n * sn + k] * x[k];
     y[n] = sum;
@@ -304,12 +314,15 @@ inline bool blas_product(int64_t steps, int64_t rows, int64_t bytes) {
 template <typename T>
 struct Product {
   std::vector<at::Tensor> parts;  // B (K, N) = the parts (K_i, N) stacked along k, any strides
+  Columns columns;  // the columns computed where packed or one row (the BLAS computes them all)
   std::optional<Packed<T>> packed;
   std::optional<Packed<T, ROW_VECS>> packed_row;  // for products of one row: wider panels
   bool one_row = true;  // gemv() over each part
   mutable bool backwards = false;
   // no_blas: packed where the BLAS would be chosen (the forward's fused [W_ih, R] product)
-  Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows, bool no_blas = false) : parts(std::move(parts_)) {
+  Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows, bool no_blas = false, Columns columns_ = {})
+      : parts(std::move(parts_)), columns(std::move(columns_)) {
+    if (columns.empty()) columns = {{0, parts.at(0).size(1)}};
     int64_t bytes = 0;
     for (const auto& part : parts) bytes += part.numel() * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
     one_row &= rows == 1 && 2 * bytes > l2_bytes();
@@ -318,7 +331,7 @@ struct Product {
       return;
     }
     if (one_row || steps < PACK_STEPS || Simd<T>::L == 1) return;
-    if (rows == 1) packed_row.emplace(parts); else packed.emplace(parts);
+    if (rows == 1) packed_row.emplace(parts, columns); else packed.emplace(parts, columns);
   }
   Product(const at::Tensor& b, int64_t steps, int64_t rows) : Product(std::vector<at::Tensor>{b}, steps, rows) {}
   // C (M, N; row stride ldc, contiguous rows) = C0 (M, N; ldc0, or 0 when null) + bias (N, in every
@@ -337,7 +350,10 @@ struct Product {
       TORCH_CHECK(k0 >= A.split || k0 + b.size(0) <= A.split, "Product: a part of B spans both blocks of A");
       const Lhs<T> a_part = A.cols_from(k0);
       if (one_row) {
-        gemv<T>(a_part.a1, b, C0, bias, C, backwards);
+        for (int64_t r = 0, ranges = int64_t(columns.size()); r < ranges; ++r) {
+          const auto& [lo, hi] = columns[backwards ? ranges - 1 - r : r];
+          gemv<T>(a_part.a1, b, C0, bias, C, backwards, lo, hi);
+        }
       } else {
         const int64_t N = b.size(1);
         if (bias)  // C = C0 + bias, then the BLAS adds to C

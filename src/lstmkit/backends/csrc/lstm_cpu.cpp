@@ -110,7 +110,15 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   // x_proj (T, B, 4H) = W_ih x, or x itself (fused, or x_proj given)
   const Tensor x_proj = w_in.numel() && !fuse ? matmul(x.reshape({T_ * B, I}), w_in.t()).view({T_, B, G}) : x;
   Tensor y = empty_large({T_, B, P}, opt);
-  Tensor hin = at::empty({B, K}, opt), c = c0.clone(), zs = at::empty({B, G}, opt);
+  // The products skip the gate blocks (i, f, g, o) the variant does not use: its gate pass never
+  // reads them (coupled gates: f; gates="..." without a letter: that gate), and z holds 0 there
+  // until the gate pass writes the gate's constant.
+  Columns used;
+  for (const auto& [gate, on] : {std::pair{0, o.has_i}, {1, o.has_f && !o.coupled}, {2, true}, {3, o.has_o}})
+    if (on && !used.empty() && used.back().second == gate * H) used.back().second += H;
+    else if (on) used.emplace_back(gate * H, (gate + 1) * H);
+  const bool skips = used.size() > 1 || used[0].second - used[0].first < G;
+  Tensor hin = at::empty({B, K}, opt), c = c0.clone(), zs = skips ? at::zeros({B, G}, opt) : at::empty({B, G}, opt);
   hin.narrow(1, 0, P).copy_(h0);
   if (o.full) hin.narrow(1, P, H).copy_(c0);
   Tensor a = at::empty({B, H}, opt), c_new = at::empty({B, H}, opt), h_new = proj ? at::empty({B, P}, opt) : a;
@@ -126,7 +134,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   std::vector<Tensor> rec_parts{w_rec.t()};  // [W_ih, R, Q]^T ((I +) K, G)
   if (o.full) rec_parts.push_back(peep.t());
   if (fuse) rec_parts.insert(rec_parts.begin(), w_in.t());
-  const Product<T> rec(rec_parts, T_, B, fuse);
+  const Product<T> rec(rec_parts, T_, B, fuse, used);
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr.t(), T_, B);  // W_hr^T (H, P)
   const T* pe = o.diag ? peep.data_ptr<T>() : nullptr;
