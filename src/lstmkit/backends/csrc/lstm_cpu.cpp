@@ -86,6 +86,17 @@ Tensor weight_grad(const Tensor& dz, const Tensor& x) {
   return dz.size(0) >= 1024 ? at::mm(x.t(), dz).t() : at::mm(dz.t(), x);
 }
 
+// The gate blocks (i, f, g, o) of the (.., 4H) rows the variant uses, as ranges of columns: a
+// coupled forget gate and a dropped gate are constants, not products, so the products skip their
+// blocks (at most two ranges: g is always there).
+Columns used_gates(const Opts& o, int64_t H) {
+  Columns used;
+  for (const auto& [gate, on] : {std::pair{0, o.has_i}, {1, o.has_f && !o.coupled}, {2, true}, {3, o.has_o}})
+    if (on && !used.empty() && used.back().second == gate * H) used.back().second += H;
+    else if (on) used.emplace_back(gate * H, (gate + 1) * H);
+  return used;
+}
+
 // ---------------------------------------------------------------- forward
 // Given W_ih, the kernel projects the input itself. From FUSE_ROWS rows, while [W_ih; R (; Q)]
 // packed stays in L2 (FUSE_BYTES), inside each step's product, over [x^t, h^{t-1} (, c^{t-1})]:
@@ -110,13 +121,9 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   // x_proj (T, B, 4H) = W_ih x, or x itself (fused, or x_proj given)
   const Tensor x_proj = w_in.numel() && !fuse ? matmul(x.reshape({T_ * B, I}), w_in.t()).view({T_, B, G}) : x;
   Tensor y = empty_large({T_, B, P}, opt);
-  // The products skip the gate blocks (i, f, g, o) the variant does not use: its gate pass never
-  // reads them (coupled gates: f; gates="..." without a letter: that gate), and z holds 0 there
-  // until the gate pass writes the gate's constant.
-  Columns used;
-  for (const auto& [gate, on] : {std::pair{0, o.has_i}, {1, o.has_f && !o.coupled}, {2, true}, {3, o.has_o}})
-    if (on && !used.empty() && used.back().second == gate * H) used.back().second += H;
-    else if (on) used.emplace_back(gate * H, (gate + 1) * H);
+  // The product skips the gate blocks the variant does not use (used_gates): the gate pass never
+  // reads them, and z holds 0 there until the gate pass writes the gate's constant.
+  const Columns used = used_gates(o, H);
   const bool skips = used.size() > 1 || used[0].second - used[0].first < G;
   Tensor hin = at::empty({B, K}, opt), c = c0.clone(), zs = skips ? at::zeros({B, G}, opt) : at::empty({B, G}, opt);
   hin.narrow(1, 0, P).copy_(h0);
@@ -224,9 +231,21 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
   const Rows<T> dZ_(dZ), zbuf_(zbuf), cbuf_(cbuf), cprev_(cprev), dhtot_(dhtot);
   // R and Q as two products here (each alone against Product's size thresholds, where the forward
   // counts them together).
-  const Product<T> rec(w_rec, T_, B);  // R (G, P)
+  // dz is 0 in the gate blocks the variant does not use: the products take the rows of R and Q
+  // of the used blocks only, and dz's columns of them (at most two ranges: Lhs's two blocks).
+  const Columns used = used_gates(o, H);
+  const auto used_rows = [&](const Tensor& w) {
+    std::vector<Tensor> rows;
+    for (const auto& [lo, hi] : used) rows.push_back(w.narrow(0, lo, hi - lo));
+    return rows;
+  };
+  const auto dz_used = [&](const T* dz) {  // dz's used columns, as the products' left-hand side
+    return used.size() == 1 ? Lhs<T>(dz + used[0].first, G)
+                            : Lhs<T>(dz + used[0].first, G, used[0].second - used[0].first, dz + used[1].first, G);
+  };
+  const Product<T> rec(used_rows(w_rec), T_, B);  // R (G, P)
   std::optional<Product<T>> rec_c;
-  if (o.full) rec_c.emplace(peep, T_, B);  // Q (G, H)
+  if (o.full) rec_c.emplace(used_rows(peep), T_, B);  // Q (G, H)
   std::optional<Product<T>> hr;
   if (proj) hr.emplace(w_hr, T_, B);  // W_hr (P, H)
   // Absent options become neutral constants, so that the per-element loop has no branches.
@@ -295,8 +314,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
       for (int64_t j = 0; j < G; ++j) db_step[j] += dz[j];
     }
     for (int64_t j = 0; j < G; ++j) db[j] += db_step[j];
-    rec(B, {dZ_[t], G}, nullptr, 0, dhin_p, K);  // dL/dh^{t-1} = R^T dz (columns 0 .. P)
-    if (rec_c) (*rec_c)(B, {dZ_[t], G}, nullptr, 0, dhin_p + P, K);  // + Q^T dz for c^{t-1} (P .. K)
+    rec(B, dz_used(dZ_[t]), nullptr, 0, dhin_p, K);  // dL/dh^{t-1} = R^T dz (columns 0 .. P)
+    if (rec_c) (*rec_c)(B, dz_used(dZ_[t]), nullptr, 0, dhin_p + P, K);  // + Q^T dz for c^{t-1} (P .. K)
     for (int64_t b = 0; b < B; ++b) {
       if (len && t >= len[b]) continue;  // an idle step passes dh, dc through unchanged
       std::memcpy(dh_p + b * P, dhin_p + b * K, P * sizeof(T));
