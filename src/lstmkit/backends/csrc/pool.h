@@ -6,6 +6,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -57,7 +58,12 @@ struct Pool {
   }
 };
 inline Pool& pool() {
-  static Pool* p = new Pool;  // never destroyed: tensors may be freed after static destructors ran
+  // Never destroyed: tensors may be freed after static destructors ran. A fork holds the lock, so
+  // that a child (a DataLoader worker, say) never starts with it taken by a thread it does not have.
+  static Pool* p = [] {
+    pthread_atfork([] { pool().lock.lock(); }, [] { pool().lock.unlock(); }, [] { pool().lock.unlock(); });
+    return new Pool;
+  }();
   return *p;
 }
 
