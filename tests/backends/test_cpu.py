@@ -327,6 +327,24 @@ def test_large_buffers_are_reused_only_when_free():
         assert torch.equal(module(x1)[0], kept)
 
 
+def test_pool_makes_room_by_freeing_its_oldest_blocks():
+    """The pool keeps up to 256 MiB (csrc/pool.h: POOL_BYTES): five freed 64 MiB blocks leave the
+    four given back last, and the oldest is not handed out again."""
+    ops = cpu_build.load()
+    a, b = torch.ones(4096, 1), torch.ones(1, 4096)  # a product of 64 MiB, from the pool
+    cpu.release_memory()
+    blocks = [ops.matmul(a, b) for _ in range(5)]
+    pointers = [block.data_ptr() for block in blocks]
+    assert len(set(pointers)) == 5
+    for i in range(5):  # given back oldest first
+        blocks[i] = None
+    again = [ops.matmul(a, b) for _ in range(4)]
+    assert {block.data_ptr() for block in again} == set(pointers[1:])
+    assert all(torch.equal(block, torch.ones(4096, 4096)) for block in again)
+    del again
+    cpu.release_memory()
+
+
 FORK_WHILE_POOLING = """
 import os, sys, threading, time, torch
 from lstmkit.backends import cpu, cpu_build
