@@ -47,8 +47,9 @@ def test_tiny_grid_writes_consistent_results(tmp_path, capsys, restore_threads):
     (["--steps", "0"], "--steps must be >= 1"),
     (["--batch", "0"], "--batch and --hidden must be >= 1"),
     (["--stacked", "0", "8"], "--stacked takes B H"),
-    (["--min-time", "-1"], "--min-time must be >= 0 seconds"),
-    (["--min-time", "nan"], "--min-time must be >= 0 seconds"),
+    (["--min-time", "-1"], "--min-time must be a finite number of seconds >= 0"),
+    (["--min-time", "nan"], "--min-time must be a finite number of seconds >= 0"),
+    (["--min-time", "inf"], "--min-time must be a finite number of seconds >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, capsys, restore_threads):
     assert cli.main(["bench", *argv]) == 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -75,8 +76,8 @@ def _check(args) -> None:
             raise CommandError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise CommandError(f"--warmup must be >= 0, got {args.warmup}")
-    if not args.min_time >= 0:  # also NaN
-        raise CommandError(f"--min-time must be >= 0 seconds, got {args.min_time}")
+    if not 0 <= args.min_time < math.inf:  # also NaN
+        raise CommandError(f"--min-time must be a finite number of seconds >= 0, got {args.min_time}")
     for value in [*args.batch, *args.hidden]:
         if value < 1:
             raise CommandError(f"--batch and --hidden must be >= 1, got {value}")
@@ -332,8 +333,8 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     machine = _machine(args)
     print(f"lstmkit bench: {machine['cpu']}, {args.threads} thread(s), clock={args.clock}, "
-          f"T={args.steps}, median of {args.repeats} runs or more"
-          + (f" (each size timed for {args.min_time:g} s at least)" if args.min_time else ""), flush=True)
+          f"T={args.steps}, median of {args.repeats} runs"
+          + (f" or more (each size timed for {args.min_time:g} s at least)" if args.min_time else ""), flush=True)
     rows = _measure(args)
     machine["kernel instruction set"] = cpu_build.isa() if cpu_build.loaded() else "none (no kernel)"
     checks = acceptance(rows)

@@ -396,7 +396,7 @@ def test_other_instruction_sets(isa, tmp_path):
     if isa not in cpu_build.supported_isas():
         pytest.skip(f"this CPU has no {isa}")
     env = dict(os.environ, LSTMKIT_CPU_ISA=isa, LSTMKIT_CACHE=str(tmp_path))
-    selection = "tiles_and_tails or one_row or threads or float32_gates or reused"
+    selection = "tiles_and_tails or one_row or threads or float32_gates or reused or skip_unused"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
         env=env, capture_output=True, text=True, timeout=900,

@@ -281,7 +281,8 @@ void gemv(const T* x, const at::Tensor& b, const T* c0, const T* bias, T* y, boo
 // gemm() when the call has enough steps to repay the packing and the CPU has the vector units
 // the micro-kernel is written for; otherwise the BLAS on B as it is (a one-step call, such as
 // LSTMCell's, would read and write the weights once more than it uses them). One row against a
-// B of more than half the L2 cache with contiguous columns goes to gemv() instead: packing is
+// B of more than 1 MiB and half the L2 cache with contiguous columns goes to gemv() instead
+// (below 1 MiB, packed was faster on both machines measured; no smaller L2 was): packing is
 // pure cost where the packed copy does not stay close to the core between steps (B=1 forward,
 // alternating builds: Zen 3 (512 KiB L2), H=512: 13.8 ms unpacked, 15.7 packed; H=128 packed
 // 5-9 % faster. Xeon with AVX-512 (2 MiB L2), since packing transposes in registers: H=512
@@ -323,9 +324,10 @@ struct Product {
   Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows, bool no_blas = false, Columns columns_ = {})
       : parts(std::move(parts_)), columns(std::move(columns_)) {
     if (columns.empty()) columns = {{0, parts.at(0).size(1)}};
-    int64_t bytes = 0;
-    for (const auto& part : parts) bytes += part.numel() * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
-    one_row &= rows == 1 && 2 * bytes > l2_bytes();
+    int64_t width = 0, bytes = 0;  // the columns computed, and their weights
+    for (const auto& [lo, hi] : columns) width += hi - lo;
+    for (const auto& part : parts) bytes += part.size(0) * width * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
+    one_row &= rows == 1 && 2 * bytes > std::max(int64_t(2) << 20, l2_bytes());
     if (!no_blas && blas_product(steps, rows, bytes)) {  // the BLAS, on contiguous weights
       for (auto& part : parts) part = part.contiguous();
       return;
