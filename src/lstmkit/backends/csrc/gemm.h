@@ -308,9 +308,6 @@ inline int64_t l2_bytes() {  // this core's L2 cache (1 MiB where the C library 
   return bytes;
 }
 constexpr int64_t BLAS_ROWS = 32, BLAS_BYTES = int64_t(4) << 20;
-inline bool blas_product(int64_t steps, int64_t rows, int64_t bytes) {
-  return steps >= PACK_STEPS && rows >= BLAS_ROWS && bytes >= BLAS_BYTES;
-}
 
 template <typename T>
 struct Product {
@@ -328,7 +325,7 @@ struct Product {
     for (const auto& [lo, hi] : columns) width += hi - lo;
     for (const auto& part : parts) bytes += part.size(0) * width * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
     one_row &= rows == 1 && 2 * bytes > std::max(int64_t(2) << 20, l2_bytes());
-    if (!no_blas && blas_product(steps, rows, bytes)) {  // the BLAS, on contiguous weights
+    if (!no_blas && steps >= PACK_STEPS && rows >= BLAS_ROWS && bytes >= BLAS_BYTES) {  // the BLAS, on contiguous weights
       for (auto& part : parts) part = part.contiguous();
       return;
     }

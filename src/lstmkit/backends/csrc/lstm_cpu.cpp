@@ -101,10 +101,11 @@ Columns used_gates(const Opts& o, int64_t H) {
 // Given W_ih, the kernel projects the input itself. From FUSE_ROWS rows, while [W_ih; R (; Q)]
 // packed stays in L2 (FUSE_BYTES), inside each step's product, over [x^t, h^{t-1} (, c^{t-1})]:
 // no (T, B, 4H) x_proj goes to memory and back, and the product runs with twice the depth.
-// Also where R alone would go to the BLAS (gemm.h: many rows against weights beyond L2, which
-// come from L3 every step anyway): B=64 H=512 forward 233-237 -> 221-230 ms, alternating
-// processes; not at B=16 (60 -> 63 ms, the weights stream at a quarter of the arithmetic per
-// byte) nor with R in L2 (B=64 H=256 60.3 -> 60.5 ms, B=16 H=256 15.7 -> 16.5).
+// Also from BLAS_ROWS rows against an R beyond L2, which comes from L3 every step anyway: B=64
+// H=512 forward 233-237 -> 221-230 ms, alternating processes (B=64 H=384, 2.4 MB: equal; coupled
+// B=64 H=512, 3 MiB used: 204 -> 176 ms); not at B=16 (60 -> 63 ms, the weights stream at a
+// quarter of the arithmetic per byte) nor with R in L2 (B=64 H=256 60.3 -> 60.5 ms, B=16 H=256
+// 15.7 -> 16.5).
 // Otherwise one product over all steps first (matmul).
 constexpr int64_t FUSE_ROWS = 4, FUSE_BYTES = int64_t(1) << 20;
 
@@ -122,11 +123,11 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   int64_t width = 0;  // the columns it computes
   for (const auto& [lo, hi] : used) width += hi - lo;
   const int64_t row_bytes = width * int64_t(sizeof(T));  // per row of [W_ih, R (, Q)]^T, as packed
-  // Fused where R is beyond L2 for the BLAS only while the input is at most twice as wide as R is
-  // deep: from there the wider weights cost more than x_proj's round trip (H=512, T=16: B=64
+  // Fused where R (its used blocks) is beyond L2 only while the input is at most twice as wide as
+  // R is deep: from there the wider weights cost more than x_proj's round trip (H=512, T=16: B=64
   // I=2048 72 -> 78-83 ms, I=4096 125 -> 186; B=32 I=2048 41-43 -> 40, I=4096 69 -> 112-118).
   const bool fuse = w_in.numel() && Simd<T>::L > 1 && T_ >= PACK_STEPS && B >= FUSE_ROWS &&
-                    ((I + K) * row_bytes <= FUSE_BYTES || (I <= 2 * K && blas_product(T_, B, K * row_bytes)));
+                    ((I + K) * row_bytes <= FUSE_BYTES || (I <= 2 * K && B >= BLAS_ROWS && K * row_bytes > l2_bytes()));
   // x_proj (T, B, 4H) = W_ih x, or x itself (fused, or x_proj given)
   const Tensor x_proj = w_in.numel() && !fuse ? matmul(x.reshape({T_ * B, I}), w_in.t()).view({T_, B, G}) : x;
   Tensor y = empty_large({T_, B, P}, opt);
