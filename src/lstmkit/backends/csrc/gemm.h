@@ -53,6 +53,11 @@ constexpr int64_t PREFETCH_BYTES = int64_t(2) << 20;  // packed B from which gem
 // what it held there (the gate blocks a variant does not use: lstm_cpu.cpp, forward_impl). Empty:
 // all of them.
 using Columns = std::vector<std::pair<int64_t, int64_t>>;
+inline int64_t columns_width(const Columns& columns) {
+  int64_t width = 0;
+  for (const auto& [lo, hi] : columns) width += hi - lo;
+  return width;
+}
 
 // B (K, N) as zero-padded panels of shape (K, NR), NR = V vectors, ceil(width / NR) for each range
 // of columns. B is the parts (K_i, N) (any strides) stacked along k: the recurrent weights with
@@ -321,9 +326,9 @@ struct Product {
   Product(std::vector<at::Tensor> parts_, int64_t steps, int64_t rows, bool no_blas = false, Columns columns_ = {})
       : parts(std::move(parts_)), columns(std::move(columns_)) {
     if (columns.empty()) columns = {{0, parts.at(0).size(1)}};
-    int64_t width = 0, bytes = 0;  // the columns computed, and their weights
-    for (const auto& [lo, hi] : columns) width += hi - lo;
-    for (const auto& part : parts) bytes += part.size(0) * width * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
+    int64_t bytes = 0;  // the weights of the columns computed
+    for (const auto& part : parts)
+      bytes += part.size(0) * columns_width(columns) * int64_t(sizeof(T)), one_row &= part.stride(0) == 1;
     one_row &= rows == 1 && 2 * bytes > std::max(int64_t(2) << 20, l2_bytes());
     if (!no_blas && steps >= PACK_STEPS && rows >= BLAS_ROWS && bytes >= BLAS_BYTES) {  // the BLAS, on contiguous weights
       for (auto& part : parts) part = part.contiguous();

@@ -118,11 +118,9 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   const bool proj = w_hr.numel() > 0;
   auto opt = x.options();
   // The product skips the gate blocks the variant does not use (used_gates): their values are never
-  // used, and z holds 0 there until the gate pass writes the gate's constant.
+  // used, and z (zs, zeroed) holds 0 there until the gate pass writes the gate's constant.
   const Columns used = used_gates(o, H);
-  int64_t width = 0;  // the columns it computes
-  for (const auto& [lo, hi] : used) width += hi - lo;
-  const int64_t row_bytes = width * int64_t(sizeof(T));  // per row of [W_ih, R (, Q)]^T, as packed
+  const int64_t row_bytes = columns_width(used) * int64_t(sizeof(T));  // per row of [W_ih, R (, Q)]^T, as packed
   // Fused where R (its used blocks) is beyond L2 only while the input is at most twice as wide as
   // R is deep: from there the wider weights cost more than x_proj's round trip (H=512, T=16: B=64
   // I=2048 72 -> 78-83 ms, I=4096 125 -> 186; B=32 I=2048 41-43 -> 40, I=4096 69 -> 112-118).
@@ -131,8 +129,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_in, const Tens
   // x_proj (T, B, 4H) = W_ih x, or x itself (fused, or x_proj given)
   const Tensor x_proj = w_in.numel() && !fuse ? matmul(x.reshape({T_ * B, I}), w_in.t()).view({T_, B, G}) : x;
   Tensor y = empty_large({T_, B, P}, opt);
-  const bool skips = width < G;
-  Tensor hin = at::empty({B, K}, opt), c = c0.clone(), zs = skips ? at::zeros({B, G}, opt) : at::empty({B, G}, opt);
+  Tensor hin = at::empty({B, K}, opt), c = c0.clone(), zs = at::zeros({B, G}, opt);
   hin.narrow(1, 0, P).copy_(h0);
   if (o.full) hin.narrow(1, P, H).copy_(c0);
   Tensor a = at::empty({B, H}, opt), c_new = at::empty({B, H}, opt), h_new = proj ? at::empty({B, P}, opt) : a;
