@@ -249,3 +249,12 @@ def test_gpu_bitwise_deterministic(dtype):
         (out.square().sum() + h_n.sum() + c_n.sum()).backward()
         runs.append([out, h_n, c_n, xg.grad, *(p.grad for p in module.parameters())])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_double_backward_is_refused_clearly():
+    """The kernels' gradients are numbers only: create_graph=True says so instead of silently
+    treating them as constants."""
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    out, _ = make()(x)
+    with pytest.raises(RuntimeError, match="backend='triton' has no double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)

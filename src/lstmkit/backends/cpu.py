@@ -16,7 +16,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..variant import Variant
 from . import cpu_build, torch_loop
@@ -92,20 +91,26 @@ class FusedRecurrence(torch.autograd.Function):
     def forward(ctx, x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths, variant, reverse):
         out, kernel_args = _forward(x, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr, lengths,
                                     variant, reverse, train=True)
-        # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); weights; x for
-        # dL/dW_ih, W_ih for dL/dx (each only when that gradient is wanted)
-        projects = weight_ih is not None
-        ctx.save_for_backward(*out[3:], *kernel_args, x if projects and ctx.needs_input_grad[1] else None,
-                              weight_ih if projects and ctx.needs_input_grad[0] else None)
-        ctx.setup = (*_codes(variant), reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None, projects)
+        # gate inputs, c^t, c^{t-1}, GEMM inputs [h^{t-1}, c^{t-1}], a (with projection); the kernel's
+        # weights; the inputs as given (x for dL/dW_ih, W_ih for dL/dx; all for a double backward)
+        ctx.save_for_backward(*out[3:], *kernel_args, x, weight_ih, bias, h0, c0, weight_hh, peephole_weight,
+                              weight_hr)
+        ctx.setup = (*_codes(variant), reverse, weight_hh.shape[1], variant.peephole, weight_hr is not None,
+                     weight_ih is not None)
+        ctx.variant, ctx.has_lengths = variant, lengths is not None
         ctx.input_shape = x.shape
         return out[0], out[1], out[2]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, grad_h_n, grad_c_n):
-        zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens, x, weight_ih = ctx.saved_tensors
+        zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens, x, weight_ih, *inputs = ctx.saved_tensors
         flags, params, reverse, p, peephole, projected, projects = ctx.setup
+        if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
+            names = ("x_proj", "weight_ih", "bias", "h0", "c0", "weight_hh", "peephole_weight", "weight_hr")
+            grads = torch_loop.recomputed_grads(
+                dict(zip(names, (x, weight_ih, *inputs))), ctx.needs_input_grad[:8], (grad_y, grad_h_n, grad_c_n),
+                ctx.variant, lengths=lens if ctx.has_lengths else None, reverse=reverse)
+            return (*grads, None, None, None)
         ops = cpu_build.load()
         d_x, d_h0, d_c0, d_rec, d_peep, d_hr, d_b = ops.backward(
             grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), zbuf, cbuf, cprev, hbuf, abuf,

@@ -133,3 +133,28 @@ def recurrence(
             outputs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
     y = torch.stack(outputs) if steps else x_proj.new_zeros(0, *h0.shape)
     return y, h, c
+
+
+def recomputed_grads(
+    inputs: dict[str, torch.Tensor | None],
+    needs_grad: tuple[bool, ...],
+    grad_outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    variant: Variant,
+    **options,
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of :func:`recurrence`'s (y, h_n, c_n) with respect to ``inputs`` (its tensor
+    arguments by name, in the caller's order), as tensors autograd can differentiate again.
+
+    A fused backend's backward computes numbers only; when it is called with ``create_graph=True``
+    (a gradient penalty, a Hessian-vector product) it hands over to this: the forward is recomputed
+    here, step by step, and differentiated by autograd. ``needs_grad[i]``: whether inputs' i-th
+    tensor needs a gradient (else None is returned for it); ``options``: the other keyword
+    arguments of :func:`recurrence`.
+    """
+    wanted = [name for (name, t), need in zip(inputs.items(), needs_grad) if need and t is not None]
+    with torch.enable_grad():
+        outputs = recurrence(variant=variant, **inputs, **options)
+        grads = torch.autograd.grad(outputs, [inputs[name] for name in wanted], grad_outputs, create_graph=True,
+                                    allow_unused=True)
+    found = dict(zip(wanted, grads))
+    return tuple(found.get(name) for name in inputs)

@@ -36,7 +36,6 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..variant import Variant
 
@@ -172,8 +171,11 @@ class TritonRecurrence(torch.autograd.Function):
         return args["y_ptr"], hs[last].to(x_proj.dtype, copy=True), cs[last].to(x_proj.dtype, copy=True)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, grad_h_n, grad_c_n):
+        if torch.is_grad_enabled():  # create_graph=True: the kernel's gradients are numbers only
+            raise RuntimeError(
+                "backend='triton' has no double backward (backward or autograd.grad with create_graph=True); "
+                "use backend='torch' for that")
         hs, cs, z, a, weight_hh, peephole_weight, weight_hr, lengths = ctx.saved_tensors
         variant, reverse = ctx.setup
         args = backward_args(grad_y, grad_h_n, grad_c_n, cs, z, weight_hh, peephole_weight, weight_hr, lengths,
