@@ -42,7 +42,7 @@ def test_triton_is_opt_in_until_run_on_a_gpu():
     """backend="auto" keeps CUDA tensors on the generic backend; backend="triton" selects it."""
     variant = lstmkit.Variant.create(peephole="full")
     assert backends.select("auto", torch.device("cuda"), variant) is backends.BACKENDS["torch"]
-    assert backends.select("triton", torch.device("cuda"), variant) is triton_gpu.recurrence
+    assert backends.select("triton", torch.device("cuda"), variant) is backends.BACKENDS["triton"]
 
 
 @pytest.mark.parametrize("peephole", [None, "diagonal", "full"])

@@ -6,6 +6,7 @@ and a variant.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -15,11 +16,26 @@ from . import cpu, torch_loop, triton_gpu
 
 Recurrence = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
+
+def kernel_backend(recurrence: Recurrence) -> Recurrence:
+    """A backend that runs its own kernels, as the modules call it: under ``torch.func`` transforms
+    (grad, vmap, jacrev, ...) the generic backend runs instead, whose PyTorch operators the
+    transforms know how to transform."""
+
+    @functools.wraps(recurrence)
+    def run(*args, **kwargs):
+        if torch._C._are_functorch_transforms_active():
+            return torch_loop.recurrence(*args, **kwargs)
+        return recurrence(*args, **kwargs)
+
+    return run
+
+
 # name -> recurrence. Fast backends register here; "torch" supports everything, everywhere.
 BACKENDS: dict[str, Recurrence] = {
     "torch": torch_loop.recurrence,
-    "cpu": cpu.recurrence,
-    "triton": triton_gpu.recurrence,
+    "cpu": kernel_backend(cpu.recurrence),
+    "triton": kernel_backend(triton_gpu.recurrence),
 }
 BACKEND_NAMES = ("auto", *BACKENDS)
 
@@ -31,7 +47,14 @@ def check_backend(name: str) -> str:
 
 
 def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
-    """The recurrence for backend ``name`` ("auto" chooses by device and variant)."""
+    """The recurrence for backend ``name`` ("auto" chooses by device and variant).
+
+    Under ``torch.compile`` the recurrence chosen runs as it is, between two graphs: Dynamo traces
+    with fake tensors, which the kernels cannot take, and would unroll the generic backend's loop
+    over time. (Dynamo is imported only then: ``import torch._dynamo`` takes a second.)
+    """
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(functools.partial(_select_and_run, name, device, variant))
     if name == "auto":
         # The fused CPU kernel covers every variant; it is built at first use (needs a compiler).
         # The Triton backend is opt-in (backend="triton") until its tests have passed on a GPU:
@@ -39,3 +62,6 @@ def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
         return BACKENDS["cpu" if device.type == "cpu" and cpu.available() else "torch"]
     return BACKENDS[name]
 
+
+def _select_and_run(name: str, device: torch.device, variant: Variant, *args, **kwargs):
+    return select(name, device, variant)(*args, **kwargs)

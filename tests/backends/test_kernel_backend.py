@@ -1,0 +1,86 @@
+"""The kernel backends as the modules call them (backends.select, backends.kernel_backend): under
+torch.compile and under torch.func transforms, against torch.nn.LSTM and the kernel's own backward."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.func import functional_call, grad, jacrev, vmap
+
+import lstmkit
+from tests.helpers import TOLERANCE, assert_close
+
+BACKENDS = ["cpu", "triton"]  # Triton: under its interpreter on a machine without CUDA (tests/conftest.py)
+
+
+def per_sample_grads(module, x):
+    """d(sum of squared outputs)/d(weights) for each sequence of x (T, B, I) alone: vmap over grad."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+
+    def loss(params, sequence):  # sequence (T, I)
+        out, _ = functional_call(module, params, (sequence.unsqueeze(1),))
+        return out.square().sum()
+
+    return vmap(grad(loss), in_dims=(None, 1))(params, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_func_transforms_equal_torch_nn_lstm(backend):
+    """vmap(grad) (per-sample gradients) and jacrev, as they run on torch.nn.LSTM: the kernels cannot
+    be transformed, so the generic backend runs under them. (Float32, one layer: in float64, or with
+    two layers, nn.LSTM itself fails under vmap.)"""
+    baseline = torch.nn.LSTM(3, 4)
+    module = lstmkit.LSTM.from_torch(baseline, backend=backend)
+    x = torch.randn(5, 3, 3)
+    expected, actual = per_sample_grads(baseline, x), per_sample_grads(module, x)
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert actual[name].shape[0] == 3  # one gradient per sequence
+        assert_close(actual[name], expected[name], TOLERANCE[torch.float32]["grad"], name)
+    jacobians = [jacrev(lambda x, m=m: m(x)[0])(x) for m in (baseline, module)]  # (T, B, H, T, B, I)
+    assert_close(jacobians[1], jacobians[0], TOLERANCE[torch.float32]["grad"], "jacobian")
+
+
+def test_torch_func_grad_of_a_variant_equals_autograd():
+    """A variant nn.LSTM lacks: torch.func.grad gives what the fused kernel's own backward gives."""
+    module = lstmkit.LSTM(3, 4, peephole="full", proj_size=2, bidirectional=True, dtype=torch.float64,
+                          backend="cpu")
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    lengths = torch.tensor([6, 3])
+    params = {name: p.detach() for name, p in module.named_parameters()}
+
+    def loss(params):
+        out, (h, c) = functional_call(module, params, (x,), {"lengths": lengths})
+        return out.square().sum() + h.sum() + c.square().sum()
+
+    transformed = grad(loss)(params)
+    loss(dict(module.named_parameters())).backward()  # the kernel's backward, outside any transform
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(transformed[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_compile_runs_the_kernel_between_graphs():
+    """A model that holds an lstmkit.LSTM compiles; the LSTM runs the fused kernel as it is (a
+    graph break) and gives the uncompiled outputs and gradients."""
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), lstmkit.LSTM(8, 6, num_layers=2, backend="cpu"))
+    x = torch.randn(7, 2, 3)
+    results = []
+    for run in (model, torch.compile(model)):
+        model.zero_grad()
+        out, (h, c) = run(x)
+        (out.square().sum() + c.sum()).backward()
+        results.append([out, h, c, *(p.grad for p in model.parameters())])
+        if run is not model:
+            assert "FusedRecurrence" in type(out.grad_fn).__name__  # the kernel, not a traced loop
+    for expected, actual in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+
+def test_importing_lstmkit_leaves_dynamo_unimported():
+    """torch._dynamo takes about a second to import: lstmkit needs it only once torch.compile runs."""
+    code = "import sys, lstmkit; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
