@@ -84,3 +84,17 @@ def test_importing_lstmkit_leaves_dynamo_unimported():
     code = "import sys, lstmkit; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_records_the_generic_steps(strict):
+    """torch.export records PyTorch operators (the generic backend's steps, unrolled for the
+    example's length), and the exported program computes what the module does."""
+    module = lstmkit.LSTM(4, 5, bidirectional=True, peephole="diagonal", backend="cpu")
+    x = torch.randn(6, 2, 4)
+    program = torch.export.export(module, (x,), strict=strict)
+    assert not any("lstmkit" in str(node.target) for node in program.graph.nodes)
+    x = torch.randn(6, 2, 4)
+    (out, (h, c)), (out_e, (h_e, c_e)) = module(x), program.module()(x)
+    for expected, actual in ((out, out_e), (h, h_e), (c, c_e)):
+        assert_close(actual, expected, TOLERANCE[torch.float32]["forward"])

@@ -51,10 +51,19 @@ def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
 
     Under ``torch.compile`` the recurrence chosen runs as it is, between two graphs: Dynamo traces
     with fake tensors, which the kernels cannot take, and would unroll the generic backend's loop
-    over time. (Dynamo is imported only then: ``import torch._dynamo`` takes a second.)
+    over time. (Dynamo is imported only then: ``import torch._dynamo`` takes a second.) Under
+    ``torch.export``, which records one graph of PyTorch operators, the generic backend runs: the
+    graph holds its steps, unrolled for the example's length.
     """
     if torch.compiler.is_compiling():
-        return torch.compiler.disable(functools.partial(_select_and_run, name, device, variant))
+        if getattr(torch.compiler, "is_exporting", lambda: False)():  # (torch >= 2.7)
+            return BACKENDS["torch"]
+        # choosing too runs outside the graph: it may build the kernel
+        return torch.compiler.disable(functools.partial(_choose_and_run, name, device, variant))
+    return _choose(name, device, variant)
+
+
+def _choose(name: str, device: torch.device, variant: Variant) -> Recurrence:
     if name == "auto":
         # The fused CPU kernel covers every variant; it is built at first use (needs a compiler).
         # The Triton backend is opt-in (backend="triton") until its tests have passed on a GPU:
@@ -63,5 +72,5 @@ def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
     return BACKENDS[name]
 
 
-def _select_and_run(name: str, device: torch.device, variant: Variant, *args, **kwargs):
-    return select(name, device, variant)(*args, **kwargs)
+def _choose_and_run(name: str, device: torch.device, variant: Variant, *args, **kwargs):
+    return _choose(name, device, variant)(*args, **kwargs)
