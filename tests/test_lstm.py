@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -277,3 +278,44 @@ def test_bad_input_is_named(call, error, match):
 def test_bad_options_are_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         lstmkit.LSTM(3, 4, **kwargs)
+
+
+def _weight_drop(module, name):
+    """AWD-LSTM's weight drop: the parameter leaves, a plain tensor computed from it takes its place."""
+    raw = module._parameters.pop(name)
+    module.register_parameter(name + "_raw", raw)
+    setattr(module, name, torch.nn.functional.dropout(raw, 0.5, training=True))
+
+
+REWRAPS = {
+    "weight_norm": lambda m: torch.nn.utils.parametrizations.weight_norm(m, "weight_hh_l0"),
+    # (evaluated: in training, each read of the weight takes a power-iteration step, and nn.LSTM
+    # reads it more often)
+    "spectral_norm": lambda m: torch.nn.utils.parametrizations.spectral_norm(m, "weight_ih_l0").eval(),
+    "orthogonal projection": lambda m: torch.nn.utils.parametrizations.orthogonal(m, "weight_hr_l0"),
+    "pruned projection": lambda m: torch.nn.utils.prune.l1_unstructured(m, "weight_hr_l0", amount=0.5),
+    "pruned reverse weights": lambda m: torch.nn.utils.prune.random_unstructured(m, "weight_hh_l0_reverse", 0.5),
+    "weight drop": lambda m: _weight_drop(m, "weight_hh_l0"),
+}
+
+
+@pytest.mark.parametrize("rewrap", REWRAPS.values(), ids=REWRAPS.keys())
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_reparametrized_weights_are_used(rewrap, backend):
+    """Parametrizations, pruning and weight drop replace a weight attribute, and the module runs on
+    that attribute, as nn.LSTM does: same outputs, same gradients for the underlying parameters."""
+    baseline = nn.LSTM(3, 6, proj_size=4, bidirectional=True, dtype=torch.float64)
+    module = lstmkit.LSTM.from_torch(baseline, backend=backend)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    results = []
+    for m in (baseline, module):
+        torch.manual_seed(1)  # the same random masks, power-iteration vectors and dropout
+        rewrap(m)
+        out, (h, c) = m(x)
+        (out.square().sum() + c.sum()).backward()
+        with torch.no_grad():
+            inference = m(x)[0]
+        results.append([out, h, c, inference, *(p.grad for p in m.parameters())])
+    assert len(results[0]) == len(results[1])
+    for expected, actual in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)

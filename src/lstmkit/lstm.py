@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -282,7 +283,9 @@ class LSTM(LSTMBase):
 
     def _run_layers(self, x, h0, c0, lengths):
         recurrence = backends.select(self.backend, x.device, self.variant)
-        params = self._parameters  # this module's own, by name (no submodules)
+        # Weights are read as attributes, as nn.LSTM reads them: parametrizations (weight_norm,
+        # spectral_norm), pruning and weight drop replace the attribute, not the parameter.
+        weight = functools.partial(getattr, self)
         peephole = self.variant.peephole_parameter(self.hidden_size)  # (name, shape) or None
         h_n, c_n = [], []
         layer_input = x
@@ -290,11 +293,12 @@ class LSTM(LSTMBase):
             outputs = []
             for direction, suffix in enumerate(self._suffixes(layer)):
                 index = layer * len(self._suffixes(layer)) + direction
-                bias = params[f"bias_ih{suffix}"] + params[f"bias_hh{suffix}"] if self.bias else None
+                bias = weight(f"bias_ih{suffix}") + weight(f"bias_hh{suffix}") if self.bias else None
                 y, h, c = recurrence(  # the backend projects layer_input (T, B, I) by W = weight_ih itself
-                    layer_input, h0[index], c0[index], params[f"weight_hh{suffix}"], self.variant,
-                    peephole_weight=params[f"{peephole[0]}{suffix}"] if peephole else None, weight_hr=params.get(f"weight_hr{suffix}"),
-                    lengths=lengths, reverse=direction == 1, bias=bias, weight_ih=params[f"weight_ih{suffix}"],
+                    layer_input, h0[index], c0[index], weight(f"weight_hh{suffix}"), self.variant,
+                    peephole_weight=weight(f"{peephole[0]}{suffix}") if peephole else None,
+                    weight_hr=weight(f"weight_hr{suffix}") if self.proj_size else None,
+                    lengths=lengths, reverse=direction == 1, bias=bias, weight_ih=weight(f"weight_ih{suffix}"),
                 )
                 outputs.append(y)
                 h_n.append(h)

@@ -159,6 +159,16 @@ def test_kernel_refuses_weights_of_the_wrong_shape():
     with pytest.raises(RuntimeError, match="W_ih must have"):  # of x's dtype
         ops.forward(x_proj, torch.randn(4 * H, 4 * H, dtype=torch.float64), empty, h0, c0, r, q, empty, lens, flags,
                     params, False, False)
+    # h of P = 2 columns: W_hr (P, H) it must have (without it, a step wrote H values into P);
+    # the states and lengths must fit the batch
+    r2, h2 = torch.randn(4 * H, 2), torch.zeros(B, 2)
+    ops.forward(x_proj, empty, empty, h2, c0, r2, q, torch.randn(2, H), lens, flags, params, False, False)
+    for w_hr in (empty, torch.randn(H, 2)):
+        with pytest.raises(RuntimeError, match="W_hr must be"):
+            ops.forward(x_proj, empty, empty, h2, c0, r2, q, w_hr, lens, flags, params, False, False)
+    for h, c, lengths in ((h0[:1], c0, lens), (h0, c0[:, :2], lens), (h0, c0, torch.tensor([3]))):
+        with pytest.raises(RuntimeError, match="must be"):
+            ops.forward(x_proj, empty, empty, h, c, r, q, empty, lengths, flags, params, False, False)
 
 
 @pytest.mark.parametrize(("batch", "options"), [(16, OPTIONS[1]), (16, OPTIONS[2]), (70, OPTIONS[5])])

@@ -335,10 +335,13 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
 }
 
 // The weights as cpu.py passes them: R (4H, P); peep the diagonal peepholes (3, H), Q (4H, H) with
-// full peepholes, or empty. A mismatch would read past the end of a buffer, so it is refused.
-void check_weights(const Tensor& w_rec, const Tensor& peep, int64_t G, int64_t P, const Opts& o) {
+// full peepholes, or empty; W_hr (P, H), or empty where P = H. A mismatch would read or write past
+// the end of a buffer, so it is refused.
+void check_weights(const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, int64_t G, int64_t P, const Opts& o) {
   const int64_t H = G / 4;
   TORCH_CHECK(w_rec.dim() == 2 && w_rec.size(0) == G && w_rec.size(1) == P, "lstmkit cpu backend: w_rec must be (4H, P)");
+  TORCH_CHECK(w_hr.numel() ? w_hr.dim() == 2 && w_hr.size(0) == P && w_hr.size(1) == H : P == H,
+              "lstmkit cpu backend: W_hr must be (P, H), or empty where h has H columns");
   if (o.full) TORCH_CHECK(peep.dim() == 2 && peep.size(0) == G && peep.size(1) == H, "lstmkit cpu backend: Q must be (4H, H)");
   if (o.diag) TORCH_CHECK(peep.dim() == 2 && peep.size(0) == 3 && peep.size(1) == H, "lstmkit cpu backend: peepholes must be (3, H)");
 }
@@ -353,7 +356,11 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_in, const Tens
   const int64_t G = w_in.numel() ? w_in.size(0) : x.size(2);
   TORCH_CHECK(!w_in.numel() || (w_in.dim() == 2 && w_in.size(1) == x.size(2)), "lstmkit cpu backend: W_ih must be (4H, I)");
   TORCH_CHECK(!w_in.numel() || w_in.scalar_type() == x.scalar_type(), "lstmkit cpu backend: W_ih must have x's dtype");
-  check_weights(w_rec, peep, G, h0.size(1), o);
+  check_weights(w_rec, peep, w_hr, G, h0.size(1), o);
+  const int64_t B = x.size(1);
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && c0.dim() == 2 && c0.size(0) == B && c0.size(1) == G / 4,
+              "lstmkit cpu backend: h0 must be (B, P) and c0 (B, H)");
+  TORCH_CHECK(!lengths.numel() || (lengths.dim() == 1 && lengths.size(0) == B), "lstmkit cpu backend: lengths must be (B,)");
   TORCH_CHECK(!bias.numel() || (bias.dim() == 1 && bias.size(0) == G && bias.is_contiguous()),
               "lstmkit cpu backend: bias must be contiguous (4H,) or empty");
   if (x.scalar_type() == at::kDouble)
@@ -367,7 +374,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Te
                                   const Tensor& w_rec, const Tensor& peep, const Tensor& w_hr, const Tensor& lengths,
                                   at::IntArrayRef flags, at::ArrayRef<double> params, bool reverse) {
   const Opts o(flags, params);
-  check_weights(w_rec, peep, zbuf.size(2), dh_n.size(1), o);
+  check_weights(w_rec, peep, w_hr, zbuf.size(2), dh_n.size(1), o);
   if (zbuf.scalar_type() == at::kDouble)
     return backward_impl<double>(dy, dh_n, dc_n, zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lengths, o, reverse);
   return backward_impl<float>(dy, dh_n, dc_n, zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lengths, o, reverse);
