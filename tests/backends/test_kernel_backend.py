@@ -98,3 +98,38 @@ def test_torch_export_records_the_generic_steps(strict):
     (out, (h, c)), (out_e, (h_e, c_e)) = module(x), program.module()(x)
     for expected, actual in ((out, out_e), (h, h_e), (c, c_e)):
         assert_close(actual, expected, TOLERANCE[torch.float32]["forward"])
+
+
+def test_batched_backward_forward_ad_and_tracing_equal_torch_nn_lstm():
+    """The rest of PyTorch's machinery that needs operators rather than a kernel: a batched backward
+    (is_grads_batched, jacobian(vectorize=True)), forward-mode AD with dual tensors, and
+    torch.jit.trace (traced, saved and loaded)."""
+    import io
+
+    import torch.autograd.forward_ad as fwAD
+
+    baseline = torch.nn.LSTM(3, 4, dtype=torch.float64)
+    module = lstmkit.LSTM.from_torch(baseline, backend="cpu")
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    vectors = torch.randn(6, 5, 2, 4, dtype=torch.float64)
+    tangent = torch.randn_like(x)
+
+    def batched_vjp(m):
+        xg = x.clone().requires_grad_()
+        return torch.autograd.grad(m(xg)[0], xg, vectors, is_grads_batched=True)[0]
+
+    def jacobian(m):
+        return torch.autograd.functional.jacobian(lambda x: m(x)[0], x, vectorize=True)
+
+    def jvp(m):
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(m(fwAD.make_dual(x, tangent))[0]).tangent
+
+    def traced(m):
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.trace(m, (x,), check_trace=False), buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer)(x)[0]
+
+    for transform in (batched_vjp, jacobian, jvp, traced):
+        torch.testing.assert_close(transform(module), transform(baseline), rtol=1e-10, atol=1e-12)

@@ -18,17 +18,23 @@ Recurrence = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def kernel_backend(recurrence: Recurrence) -> Recurrence:
-    """A backend that runs its own kernels, as the modules call it: under ``torch.func`` transforms
-    (grad, vmap, jacrev, ...) the generic backend runs instead, whose PyTorch operators the
-    transforms know how to transform."""
+    """A backend that runs its own kernels, as the modules call it: where PyTorch must see the
+    operators themselves, the generic backend runs instead (:func:`kernels_opaque_here`)."""
 
     @functools.wraps(recurrence)
     def run(*args, **kwargs):
-        if torch._C._are_functorch_transforms_active():
-            return torch_loop.recurrence(*args, **kwargs)
-        return recurrence(*args, **kwargs)
+        return (torch_loop.recurrence if kernels_opaque_here() else recurrence)(*args, **kwargs)
 
     return run
+
+
+def kernels_opaque_here() -> bool:
+    """True under ``torch.func`` transforms (grad, vmap, jacrev, and ``is_grads_batched``, which is
+    vmap), in forward-mode AD (``torch.autograd.forward_ad``) and while ``torch.jit.trace`` records:
+    each works on PyTorch's operators, which it knows how to transform, differentiate or record;
+    an ``autograd.Function`` over a kernel would need its own rule for each."""
+    return (torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
+            or torch.jit.is_tracing())
 
 
 # name -> recurrence. Fast backends register here; "torch" supports everything, everywhere.

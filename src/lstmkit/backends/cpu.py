@@ -105,7 +105,10 @@ class FusedRecurrence(torch.autograd.Function):
     def backward(ctx, grad_y, grad_h_n, grad_c_n):
         zbuf, cbuf, cprev, hbuf, abuf, w_rec, peep, w_hr, lens, x, weight_ih, *inputs = ctx.saved_tensors
         flags, params, reverse, p, peephole, projected, projects = ctx.setup
-        if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
+        # create_graph=True, or a batched backward (is_grads_batched, jacobian(vectorize=True)): gradients
+        # that autograd can differentiate again, from PyTorch operators that vmap can batch
+        batched = any(torch._C._functorch.is_legacy_batchedtensor(g) for g in (grad_y, grad_h_n, grad_c_n))
+        if torch.is_grad_enabled() or batched:
             names = ("x_proj", "weight_ih", "bias", "h0", "c0", "weight_hh", "peephole_weight", "weight_hr")
             grads = torch_loop.recomputed_grads(
                 dict(zip(names, (x, weight_ih, *inputs))), ctx.needs_input_grad[:8], (grad_y, grad_h_n, grad_c_n),
