@@ -86,3 +86,17 @@ def test_vanilla_only_converts_back():
         lstmkit.LSTMCell(3, 4, coupled_gates=True).to_torch()
     with pytest.raises(TypeError, match="torch.nn.LSTMCell"):
         lstmkit.LSTMCell.from_torch(nn.LSTM(3, 4))
+
+
+@pytest.mark.parametrize("peephole", [None, "diagonal"])
+def test_under_autocast_takes_other_dtypes_like_torch_nn_lstmcell(peephole):
+    """Under CPU autocast, a bfloat16 input to a float32 cell is taken, as nn.LSTMCell takes it
+    (from_torch starts the peepholes at 0: the same function)."""
+    baseline = torch.nn.LSTMCell(3, 4)
+    cell = lstmkit.LSTMCell.from_torch(baseline, peephole=peephole)
+    x = torch.randn(2, 3, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, actual = baseline(x), cell(x)
+    for e, a in zip(expected, actual):
+        assert a.dtype == e.dtype
+        assert_close(a.float(), e.float(), 2e-2)

@@ -319,3 +319,24 @@ def test_reparametrized_weights_are_used(rewrap, backend):
     assert len(results[0]) == len(results[1])
     for expected, actual in zip(*results):
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("proj_size", [0, 2])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_under_autocast_like_torch_nn_lstm(proj_size, input_dtype):
+    """Under CPU autocast the module takes inputs of another floating dtype and returns the dtypes
+    nn.LSTM returns there (c_n keeps the input's with a projection), computing in float32 with the
+    fused kernel: outputs and gradients within bfloat16's precision of nn.LSTM's."""
+    baseline = nn.LSTM(3, 6, proj_size=proj_size)
+    module = lstmkit.LSTM.from_torch(baseline)
+    x = torch.randn(7, 2, 3).to(input_dtype)
+    results = []
+    for m in (baseline, module):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, (h, c) = m(x)
+        (out.float().square().sum() + c.float().sum()).backward()
+        results.append([out, h, c, *(p.grad for p in m.parameters())])
+    assert "FusedRecurrence" in type(results[1][0].grad_fn.next_functions[0][0]).__name__  # the kernel ran
+    for expected, actual in zip(*results):
+        assert actual.dtype == expected.dtype
+        assert_close(actual.float(), expected.float(), 2e-2)

@@ -92,15 +92,24 @@ class LSTMBase(nn.Module):
 
 
 def check_floating(name: str, tensor, dtype: torch.dtype, device: torch.device) -> None:
-    """A clear error unless ``tensor`` is a tensor of the module's dtype on its device."""
+    """A clear error unless ``tensor`` is a tensor of the module's dtype on its device (under
+    autocast, of any floating-point dtype, as nn.LSTM takes it there)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype != dtype:
+    if autocast_dtype(device) is not None:
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+    elif tensor.dtype != dtype:
         raise TypeError(f"{name} must have the module's dtype {dtype}, got {tensor.dtype}")
     if tensor.device.type != device.type or (
         device.index is not None and tensor.device.index is not None and tensor.device.index != device.index
     ):
         raise ValueError(f"{name} must be on the module's device {device}, got {tensor.device}")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in on ``device``'s type while it is enabled there, else None."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...], what: str) -> None:

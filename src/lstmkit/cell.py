@@ -131,5 +131,7 @@ class LSTMCell(LSTMBase):
         bias = self.bias_ih + self.bias_hh if self.bias else None
         zs = F.linear(x, weight, bias) + h @ self.weight_hh.t()  # (B, 4H)
         peephole = self.variant.peephole_parameter(self.hidden_size)
-        a, c = cell_step(zs, c, self.variant, None if peephole is None else getattr(self, peephole[0]))
+        dtype = torch.promote_types(zs.dtype, c.dtype)  # torch.lstm_cell's, also under autocast
+        peephole_weight = None if peephole is None else getattr(self, peephole[0])
+        a, c = (t.to(dtype) for t in cell_step(zs, c, self.variant, peephole_weight))
         return (a.squeeze(0), c.squeeze(0)) if unbatched else (a, c)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends
-from ._common import LSTMBase, check_floating, check_shape
+from ._common import LSTMBase, autocast_dtype, check_floating, check_shape
 
 
 class LSTM(LSTMBase):
@@ -209,7 +209,13 @@ class LSTM(LSTMBase):
             valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths  # (T, B)
             x = torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         packed = isinstance(input, PackedSequence)
-        output, h_n, c_n = self._run_layers(x, h0, c0, lengths)
+        amp = autocast_dtype(x.device)
+        if amp is None:
+            output, h_n, c_n = self._run_layers(x, h0, c0, lengths)
+        else:  # autocast: inputs of any floating dtype; outputs in the dtypes nn.LSTM gives them
+            dtype = self.weight_ih_l0.dtype
+            output, h_n, c_n = self._run_layers(x.to(dtype), h0.to(dtype), c0.to(dtype), lengths)
+            output, h_n, c_n = output.to(amp), h_n.to(amp), c_n.to(x.dtype if self.proj_size else amp)
 
         if packed:  # back to the caller's PackedSequence layout (batch_sizes, sorted order)
             order = input.sorted_indices

@@ -240,24 +240,6 @@ def test_large_input_projection(dtype, options):
         assert_close(actual, expected, tol)
 
 
-# sizes the kernel would fuse into the steps' product (512 KiB of weights), and project first (2 MiB)
-@pytest.mark.parametrize(("batch", "hidden"), [(16, 128), (64, 256)])
-def test_input_projection_under_autocast_is_f_linear(batch, hidden):
-    """Under CPU autocast the input projection is F.linear, cast as autocast casts it, at every size;
-    the bfloat16 result then runs the generic backend, as it would have without a W_ih to apply."""
-    variant = lstmkit.Variant.create()
-    x, weight_ih = torch.randn(8, batch, hidden), torch.randn(4 * hidden, hidden)
-    weight_hh, h0 = torch.randn(4 * hidden, hidden), torch.zeros(batch, hidden)
-    c0 = h0
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = cpu.recurrence(x, h0, c0, weight_hh, variant, weight_ih=weight_ih)
-        x_proj = torch.nn.functional.linear(x, weight_ih)
-        expected = cpu.torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant)
-    assert x_proj.dtype == torch.bfloat16
-    for a, b in zip(out, expected):
-        assert a.dtype == b.dtype and torch.equal(a, b)
-
-
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize(("batch", "dtype"), [(8, torch.float64), (9, torch.float32), (17, torch.float64), (3, torch.float32)])
 def test_input_projection_inside_the_steps_product(options, batch, dtype):

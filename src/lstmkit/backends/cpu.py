@@ -146,13 +146,11 @@ def recurrence(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`lstmkit.backends.torch_loop.recurrence` (same arguments, shapes and results), fused.
 
-    Float32 and float64 CPU tensors run the kernel; anything else (other dtypes or devices, or
-    no kernel because no compiler) runs the generic backend, and so does the input projection
-    under autocast (which casts ``F.linear``'s operands).
+    Float32 and float64 CPU tensors run the kernel, also under autocast (it has no lower
+    precision); anything else (other dtypes or devices, or no kernel because no compiler) runs the
+    generic backend.
     """
     options = dict(peephole_weight=peephole_weight, weight_hr=weight_hr, lengths=lengths, reverse=reverse, bias=bias)
-    if weight_ih is not None and torch.is_autocast_enabled("cpu"):
-        return recurrence(torch.nn.functional.linear(x_proj, weight_ih), h0, c0, weight_hh, variant, **options)
     if x_proj.device.type != "cpu" or x_proj.dtype not in DTYPES or not available():
         return torch_loop.recurrence(x_proj, h0, c0, weight_hh, variant, weight_ih=weight_ih, **options)
     differentiable = (x_proj, weight_ih, bias, h0, c0, weight_hh, peephole_weight, weight_hr)
