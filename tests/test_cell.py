@@ -100,3 +100,14 @@ def test_under_autocast_takes_other_dtypes_like_torch_nn_lstmcell(peephole):
     for e, a in zip(expected, actual):
         assert a.dtype == e.dtype
         assert_close(a.float(), e.float(), 2e-2)
+
+
+@pytest.mark.parametrize("options", [{}, {"peephole": "full", "coupled_gates": True}])
+def test_compiles_into_one_graph(options):
+    """torch.compile(fullgraph=True) traces the whole step, and computes what the cell computes."""
+    cell = lstmkit.LSTMCell(3, 4, **options)
+    x, state = torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4))
+    torch._dynamo.reset()
+    compiled = torch.compile(cell, fullgraph=True, backend="eager")
+    for expected, actual in zip(cell(x, state), compiled(x, state)):
+        torch.testing.assert_close(actual, expected)

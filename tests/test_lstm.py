@@ -340,3 +340,14 @@ def test_under_autocast_like_torch_nn_lstm(proj_size, input_dtype):
     for expected, actual in zip(*results):
         assert actual.dtype == expected.dtype
         assert_close(actual.float(), expected.float(), 2e-2)
+
+
+def test_packed_input_under_torch_compile():
+    """A PackedSequence through a compiled module: as uncompiled, layout included."""
+    module = lstmkit.LSTM(3, 4, num_layers=2)
+    packed = pack_padded_sequence(torch.randn(6, 3, 3), torch.tensor([6, 2, 4]), enforce_sorted=False)
+    torch._dynamo.reset()
+    expected, actual = module(packed), torch.compile(module, backend="eager")(packed)
+    assert torch.equal(actual[0].unsorted_indices, expected[0].unsorted_indices)
+    for e, a in ((expected[0].data, actual[0].data), *zip(expected[1], actual[1])):
+        torch.testing.assert_close(a, e)

@@ -204,6 +204,12 @@ class LSTM(LSTMBase):
             from .onnx.symbolic import export_forward
 
             return export_forward(self, input, hx, lengths)
+        if isinstance(input, PackedSequence) and torch.compiler.is_compiling():
+            # as it is, between graphs: Dynamo of torch 2.5 and 2.6 cannot trace pad_packed_sequence
+            return torch.compiler.disable(self._forward)(input, hx, lengths)
+        return self._forward(input, hx, lengths)
+
+    def _forward(self, input, hx, lengths):
         x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths)
         if lengths is not None:  # padding is never read: inf or nan there cannot reach outputs or gradients
             valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths  # (T, B)
@@ -265,11 +271,12 @@ class LSTM(LSTMBase):
             raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must have shape ({batch},) (one length per sequence), got {tuple(lengths.shape)}")
-        lo, hi = (int(v) for v in torch.aminmax(lengths)) if batch else (0, 0)
-        if lo < 0:
-            raise ValueError(f"lengths must be >= 0, got {lo}")
-        if hi > steps:
-            raise ValueError(f"lengths must be <= the sequence length {steps}, got {hi}")
+        if batch and not torch._C._are_functorch_transforms_active():  # (under vmap the values are not at hand)
+            lo, hi = (int(v) for v in torch.aminmax(lengths))
+            if lo < 0:
+                raise ValueError(f"lengths must be >= 0, got {lo}")
+            if hi > steps:
+                raise ValueError(f"lengths must be <= the sequence length {steps}, got {hi}")
         return lengths.to(device=device, dtype=torch.int64)
 
     def _initial_state(self, hx, batch: int, unbatched: bool, x: torch.Tensor):

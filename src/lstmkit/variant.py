@@ -169,7 +169,7 @@ class Variant:
     @property
     def is_vanilla(self) -> bool:
         """True when this is exactly torch.nn.LSTM's cell."""
-        return self == Variant()
+        return self == _VANILLA
 
     def peephole_parameter(self, hidden_size: int) -> tuple[str, tuple[int, int]] | None:
         """Name stem and shape of the peephole weight, or None without peepholes.
@@ -186,3 +186,6 @@ class Variant:
     def has_gate(self, gate: str) -> bool:
         """Whether gate ``"i"``, ``"f"`` or ``"o"`` is computed (else it is fixed to 1)."""
         return gate in self.gates
+
+
+_VANILLA = Variant()  # (one instance: torch.compile cannot build a Variant while it traces)

@@ -540,3 +540,15 @@ def test_gradient_penalty_equals_torch_nn_lstm(inner):
         grads.append([p.grad for p in m.parameters()])
     for expected, actual in zip(*grads):
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_double_backward_of_an_empty_sequence():
+    """T = 0: the output is empty and outside the graph; create_graph still reaches h0 and c0."""
+    module = lstmkit.LSTM(3, 4, dtype=torch.float64, backend="cpu")
+    x = torch.randn(0, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0, c0 = (torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out, (h, c) = module(x, (h0, c0))
+    d_h0, d_c0 = torch.autograd.grad(h.sum() + c.square().sum(), [h0, c0], create_graph=True)
+    assert torch.equal(d_h0, torch.ones_like(h0)) and torch.equal(d_c0, 2 * c0)
+    (d_c0.sum()).backward()
+    assert torch.equal(c0.grad, torch.full_like(c0, 2.0))

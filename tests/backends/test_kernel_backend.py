@@ -14,6 +14,17 @@ from tests.helpers import TOLERANCE, assert_close
 BACKENDS = ["cpu", "triton"]  # Triton: under its interpreter on a machine without CUDA (tests/conftest.py)
 
 
+def ran_the_kernel(tensor) -> bool:
+    """Whether the fused CPU kernel's autograd node is in ``tensor``'s graph."""
+    nodes, seen = [tensor.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            nodes.extend(n for n, _ in node.next_functions)
+    return any(type(n).__name__ == "FusedRecurrenceBackward" for n in seen)
+
+
 def per_sample_grads(module, x):
     """d(sum of squared outputs)/d(weights) for each sequence of x (T, B, I) alone: vmap over grad."""
     params = {name: p.detach() for name, p in module.named_parameters()}
@@ -61,21 +72,43 @@ def test_torch_func_grad_of_a_variant_equals_autograd():
 
 
 def test_torch_compile_runs_the_kernel_between_graphs():
-    """A model that holds an lstmkit.LSTM compiles; the LSTM runs the fused kernel as it is (a
-    graph break) and gives the uncompiled outputs and gradients."""
+    """A model that holds an lstmkit.LSTM compiles: its other layers into graphs, once, and the LSTM
+    runs the fused kernel as it is between them, with the uncompiled outputs and gradients."""
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = torch.nn.Linear(3, 8), torch.nn.Linear(6, 2)
+            self.lstm = lstmkit.LSTM(8, 6, num_layers=2, backend="cpu")
+
+        def forward(self, x):
+            y, (h, c) = self.lstm(torch.relu(self.inp(x)))
+            return self.out(y), c
+
+    graphs = []
+
+    def count_graphs(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
     torch._dynamo.reset()
-    model = torch.nn.Sequential(torch.nn.Linear(3, 8), lstmkit.LSTM(8, 6, num_layers=2, backend="cpu"))
+    model = Model()
+    compiled = torch.compile(model, backend=count_graphs)
     x = torch.randn(7, 2, 3)
-    results = []
-    for run in (model, torch.compile(model)):
+    results, counts = [], []
+    for run in (model, compiled, compiled, compiled):
         model.zero_grad()
-        out, (h, c) = run(x)
+        out, c = run(x)
         (out.square().sum() + c.sum()).backward()
-        results.append([out, h, c, *(p.grad for p in model.parameters())])
-        if run is not model:
-            assert "FusedRecurrence" in type(out.grad_fn).__name__  # the kernel, not a traced loop
-    for expected, actual in zip(*results):
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+        results.append([out, c, *(p.grad for p in model.parameters())])
+        counts.append(len(graphs))
+        assert ran_the_kernel(c)
+    assert counts[1] >= 2 and counts[1] == counts[3]  # the linear layers compiled, then no recompiles
+    linears = [n for g in graphs for n in g.graph.nodes if "linear" in str(n.target)]
+    assert len(linears) == 2
+    for compiled_results in results[1:]:
+        for expected, actual in zip(results[0], compiled_results):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 
@@ -86,11 +119,12 @@ def test_importing_lstmkit_leaves_dynamo_unimported():
     assert out.strip() == "False"
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("strict", [False, True])
-def test_torch_export_records_the_generic_steps(strict):
+def test_torch_export_records_the_generic_steps(strict, backend):
     """torch.export records PyTorch operators (the generic backend's steps, unrolled for the
     example's length), and the exported program computes what the module does."""
-    module = lstmkit.LSTM(4, 5, bidirectional=True, peephole="diagonal", backend="cpu")
+    module = lstmkit.LSTM(4, 5, bidirectional=True, peephole="diagonal", backend=backend)
     x = torch.randn(6, 2, 4)
     program = torch.export.export(module, (x,), strict=strict)
     assert not any("lstmkit" in str(node.target) for node in program.graph.nodes)
@@ -133,3 +167,25 @@ def test_batched_backward_forward_ad_and_tracing_equal_torch_nn_lstm():
 
     for transform in (batched_vjp, jacobian, jvp, traced):
         torch.testing.assert_close(transform(module), transform(baseline), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_per_sample_gradients_with_lengths_compiled(backend):
+    """vmap(grad) over sequences that carry their own length, also under torch.compile, equals
+    autograd on each sequence alone."""
+    module = lstmkit.LSTM(3, 4, dtype=torch.float64, backend=backend)
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    x, lengths = torch.randn(6, 3, 3, dtype=torch.float64), torch.tensor([6, 2, 4])
+
+    def loss(params, sequence, length):  # sequence (T, I), length ()
+        out, (h, c) = functional_call(module, params, (sequence.unsqueeze(1),), {"lengths": length.reshape(1)})
+        return out.square().sum() + h.sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 1, 0))
+    torch._dynamo.reset()
+    results = [per_sample(params, x, lengths), torch.compile(per_sample, backend="eager")(params, x, lengths)]
+    for b in range(3):
+        expected = grad(loss)(params, x[:, b], lengths[b])
+        for result in results:
+            for name in params:
+                torch.testing.assert_close(result[name][b], expected[name], rtol=1e-10, atol=1e-12)

@@ -62,7 +62,9 @@ def select(name: str, device: torch.device, variant: Variant) -> Recurrence:
     graph holds its steps, unrolled for the example's length.
     """
     if torch.compiler.is_compiling():
-        if getattr(torch.compiler, "is_exporting", lambda: False)():  # (torch >= 2.7)
+        # The generic backend where it is asked for, under torch.func transforms, and in torch.export
+        # (torch >= 2.7 says when it exports; before, export takes the path below and fails)
+        if name == "torch" or kernels_opaque_here() or getattr(torch.compiler, "is_exporting", lambda: False)():
             return BACKENDS["torch"]
         # choosing too runs outside the graph: it may build the kernel
         return torch.compiler.disable(functools.partial(_choose_and_run, name, device, variant))

@@ -154,7 +154,9 @@ def recomputed_grads(
     wanted = [name for (name, t), need in zip(inputs.items(), needs_grad) if need and t is not None]
     with torch.enable_grad():
         outputs = recurrence(variant=variant, **inputs, **options)
-        grads = torch.autograd.grad(outputs, [inputs[name] for name in wanted], grad_outputs, create_graph=True,
-                                    allow_unused=True)
+        # (with T = 0, y is a fresh tensor outside the graph)
+        pairs = [(out, grad) for out, grad in zip(outputs, grad_outputs) if out.requires_grad]
+        grads = torch.autograd.grad([out for out, _ in pairs], [inputs[name] for name in wanted],
+                                    [grad for _, grad in pairs], create_graph=True, allow_unused=True)
     found = dict(zip(wanted, grads))
     return tuple(found.get(name) for name in inputs)
