@@ -11,6 +11,20 @@ TOLERANCE = {
 }
 
 
+def ran_the_kernel(tensor) -> bool:
+    """Whether the fused CPU kernel's autograd node is in ``tensor``'s graph."""
+    nodes, seen = [tensor.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "FusedRecurrenceBackward":
+            return True
+        nodes.extend(n for n, _ in node.next_functions)
+    return False
+
+
 def relative_error(actual, expected) -> float:
     actual = torch.as_tensor(actual).detach().to("cpu", torch.float64)
     expected = torch.as_tensor(expected).detach().to("cpu", torch.float64)
