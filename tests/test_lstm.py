@@ -351,3 +351,23 @@ def test_packed_input_under_torch_compile():
     assert torch.equal(actual[0].unsorted_indices, expected[0].unsorted_indices)
     for e, a in ((expected[0].data, actual[0].data), *zip(expected[1], actual[1])):
         torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"proj_size": 4, "num_layers": 2, "bias": False, "batch_first": True,
+                                         "dropout": 0.1, "bidirectional": True}])
+def test_repr_is_torch_nn_lstm_s(kwargs):
+    assert repr(lstmkit.LSTM(3, 6, **kwargs)) == repr(nn.LSTM(3, 6, **kwargs))
+
+
+def test_whole_module_loads_with_weights_only():
+    """torch.save of the module, torch.load(weights_only=True) allowing only its class, as for nn.LSTM."""
+    import io
+
+    module = lstmkit.LSTM(3, 4, peephole="diagonal", activations=("sigmoid", ("scaled_tanh", 1.0, 2.0), "tanh"))
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    with torch.serialization.safe_globals([lstmkit.LSTM]):
+        loaded = torch.load(buffer, weights_only=True)
+    x = torch.randn(5, 2, 3)
+    assert loaded.variant == module.variant and torch.equal(loaded(x)[0], module(x)[0])

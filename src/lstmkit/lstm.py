@@ -192,8 +192,8 @@ class LSTM(LSTMBase):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False), ("proj_size", 0), ("backend", "auto")):
+        for name, default in (("proj_size", 0), ("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False), ("backend", "auto")):  # nn.LSTM's order
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         options = self.variant_repr()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 # ONNX's activation set with its default (alpha, beta); None where the function has no such
 # parameter. Defaults are those of the ONNX operators of the same name (LeakyRelu, HardSigmoid,
 # Elu, ThresholdedRelu, Affine, ScaledTanh).
@@ -189,3 +191,6 @@ class Variant:
 
 
 _VANILLA = Variant()  # (one instance: torch.compile cannot build a Variant while it traces)
+# Plain frozen data: a whole module saved with torch.save loads with torch.load(weights_only=True)
+# once its class is allowed (torch.serialization.safe_globals([lstmkit.LSTM])), as nn.LSTM does.
+torch.serialization.add_safe_globals([Variant, Activation])
