@@ -28,15 +28,18 @@ inline Simd<double>::V vexp(Simd<double>::V x) {
   q = S::fma(q, xx, S::set(2.00000000000000000009E0));
   return S::ldexp(S::fma(S::set(2.0), S::div(px, S::sub(q, px)), S::set(1.0)), n);
 }
-// tanh: in float, x P(x^2) / Q(x^2) with x clamped to [-9, 9] and the result to [-1, 1], a
-// rational function fitted for lstmkit (benchmarks/fit_tanh.py: within 3e-7 of tanh everywhere,
-// so +-(1 - 1.8e-7) beyond 9, and sigmoid's floor is 9e-8; 17 vector operations where the exp
-// form takes 31; NaN stays NaN); in double, 1 - 2 / (1 + e^2x) for |x| >= 0.625 and
-// Cephes' rational function below, where the difference would cancel.
+// tanh: in float, x P(x^2) / Q(x^2) for |x| <= 9, a rational function fitted for lstmkit
+// (benchmarks/fit_tanh.py: within 3e-7 of tanh, 20 vector operations where the exp form takes 31;
+// NaN stays NaN), and exactly +-1 beyond, as float's tanh rounds there (the fit gives
+// +-(1 - 1.8e-7) at 9: saturated units passed 1 - v^2 = 3.6e-7 of their gradient, not 0, and
+// float gradients of saturated networks were 1e-4 from the float64 reference); in double,
+// 1 - 2 / (1 + e^2x) for |x| >= 0.625 and Cephes' rational function below, where the difference
+// would cancel.
 template <typename T>
 inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
   using S = Simd<T>;
   if constexpr (sizeof(T) == 4) {
+    const auto x = u, one = S::set(1.0f);
     u = S::min(S::set(9.0f), S::max(S::set(-9.0f), u));  // min/max return their 2nd operand if one is NaN
     const auto s = S::mul(u, u);
     auto p = S::set(-8.492771102260738e-14f);
@@ -45,8 +48,8 @@ inline typename Simd<T>::V vtanh(typename Simd<T>::V u) {
       p = S::fma(p, s, S::set(c));
     auto q = S::set(0.00025462755002081394f);
     for (float c : {0.02449554018676281f, 0.46417418122291565f, 1.0f}) q = S::fma(q, s, S::set(c));
-    const auto r = S::div(S::mul(u, p), q);
-    return S::min(S::set(1.0f), S::max(S::set(-1.0f), r));
+    const auto r = S::min(one, S::max(S::set(-1.0f), S::div(S::mul(u, p), q)));
+    return S::select_lt(S::set(9.0f), S::abs(x), S::select_lt(x, S::zero(), S::set(-1.0f), one), r);
   } else {
     const auto one = S::set(T(1)), z = S::mul(u, u);
     const auto big = S::sub(one, S::div(S::set(T(2)), S::add(one, vexp(S::add(u, u)))));

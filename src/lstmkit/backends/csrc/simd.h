@@ -2,7 +2,7 @@
 // operations gemm.h and lstm_math.h are written with, for the widest set the build enables
 // (cpu_build.py passes the CPU's flags): AVX-512 (16 floats / 8 doubles), AVX2 + FMA (8 / 4), or
 // one lane (portable C++, the same code). Double has the extra operations of lstm_math.h's exp
-// and tanh; float's rational tanh needs none of them. Included by gemm.h and lstm_math.h only.
+// and tanh. Included by gemm.h and lstm_math.h only.
 #pragma once
 
 #include <cmath>
@@ -31,6 +31,8 @@ template <> struct Simd<float> {
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V abs(V a) { return _mm512_abs_ps(a); }
+  static V select_lt(V a, V b, V x, V y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x); }
   static float sum(V a) { return _mm512_reduce_add_ps(a); }
   static void transpose(V (&r)[L]) {  // r[i][j] <- r[j][i]
     V u[L];
@@ -100,6 +102,8 @@ template <> struct Simd<float> {
   static V div(V a, V b) { return _mm256_div_ps(a, b); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static V select_lt(V a, V b, V x, V y) { return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
   static float sum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_hadd_ps(s, s);
