@@ -276,6 +276,20 @@ def test_torch_onnx_export_of_a_user_model(batch_first, direction):
         assert_close(torch.from_numpy(g), w.detach(), TOL, name)
 
 
+def test_torch_onnx_export_of_a_bare_lstm():
+    """torch.onnx.export(lstm, (x,)) of the module itself: one ONNX LSTM node, onnxruntime's output."""
+    module = lstmkit.LSTM(3, 4, peephole="diagonal").eval()
+    x = torch.randn(5, 2, 3)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation warning
+        torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"])
+    assert [n.op_type for n in onnx.load_from_string(buffer.getvalue()).graph.node].count("LSTM") == 1
+    got, want = run_ort(buffer.getvalue(), {"x": x.numpy()}), module(x)
+    for g, w in zip(got, (want[0], *want[1])):
+        assert_close(torch.from_numpy(g), w.detach(), TOL)
+
+
 def test_import_lstmkit_does_not_import_onnx():
     code = "import sys, lstmkit; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

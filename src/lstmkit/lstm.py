@@ -57,7 +57,7 @@ class LSTM(LSTMBase):
         forget_bias: added to the forget part of bias_ih at initialisation. Default 0.
         backend: "auto" (default) or a name from ``lstmkit.backends.BACKENDS``.
 
-    Inputs: ``input, (h_0, c_0)`` and keyword ``lengths``:
+    Inputs: ``input, (h_0, c_0), lengths``:
         input: (L, N, I), (N, L, I) if batch_first, (L, I) unbatched, or a PackedSequence.
         h_0: (D * num_layers, N, P or H); c_0: (D * num_layers, N, H). Default zeros.
         lengths: (N,) integers in [0, L], for padded input only (ONNX sequence_lens):
@@ -199,7 +199,7 @@ class LSTM(LSTMBase):
         options = self.variant_repr()
         return s + (", " + options if options else "")
 
-    def forward(self, input, hx=None, *, lengths=None):
+    def forward(self, input, hx=None, lengths=None):
         if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # torch.onnx.export: ONNX LSTM nodes
             from .onnx.symbolic import export_forward
 

@@ -50,7 +50,7 @@ class ReverseLSTM(nn.Module):
             raise TypeError(f"lstm must be a forward (bidirectional=False) lstmkit.LSTM, got {lstm!r}")
         self.lstm = lstm
 
-    def forward(self, input: torch.Tensor, hx=None, *, lengths=None):
+    def forward(self, input: torch.Tensor, hx=None, lengths=None):
         if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # torch.onnx.export: ONNX LSTM nodes
             from .symbolic import export_forward
 
