@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstmkit
-from tests.helpers import TOLERANCE, assert_close
+from tests.helpers import TOLERANCE, assert_close, ran_the_kernel
 
 
 def _run(module, x, hx, packed_lengths, batch_first):
@@ -321,25 +321,48 @@ def test_reparametrized_weights_are_used(rewrap, backend):
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("state_dtypes", [None, (torch.float32, torch.float32), (torch.bfloat16, torch.float32)])
 @pytest.mark.parametrize("proj_size", [0, 2])
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
-def test_under_autocast_like_torch_nn_lstm(proj_size, input_dtype):
-    """Under CPU autocast the module takes inputs of another floating dtype and returns the dtypes
-    nn.LSTM returns there (c_n keeps the input's with a projection), computing in float32 with the
-    fused kernel: outputs and gradients within bfloat16's precision of nn.LSTM's."""
+def test_under_autocast_like_torch_nn_lstm(input_dtype, proj_size, state_dtypes, packed):
+    """Under CPU autocast the module takes inputs and states of autocast's dtype, and returns the
+    dtypes nn.LSTM returns there (c_n keeps c_0's with a projection; a PackedSequence without one is
+    not autocast), computing in float32 with the fused kernel: outputs and gradients within
+    bfloat16's precision of nn.LSTM's."""
     baseline = nn.LSTM(3, 6, proj_size=proj_size)
     module = lstmkit.LSTM.from_torch(baseline)
     x = torch.randn(7, 2, 3).to(input_dtype)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([7, 4]))
+    hx = None if state_dtypes is None else (torch.randn(1, 2, proj_size or 6, dtype=state_dtypes[0]),
+                                            torch.randn(1, 2, 6, dtype=state_dtypes[1]))
     results = []
     for m in (baseline, module):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out, (h, c) = m(x)
+            out, (h, c) = m(x, hx)
+        out = out.data if packed else out
         (out.float().square().sum() + c.float().sum()).backward()
         results.append([out, h, c, *(p.grad for p in m.parameters())])
-    assert "FusedRecurrence" in type(results[1][0].grad_fn.next_functions[0][0]).__name__  # the kernel ran
+    assert ran_the_kernel(results[1][2])
     for expected, actual in zip(*results):
         assert actual.dtype == expected.dtype
         assert_close(actual.float(), expected.float(), 2e-2)
+
+
+def test_autocast_leaves_float64_alone():
+    """A float64 module under autocast computes and returns float64, as nn.LSTM does, and an input of
+    a dtype autocast would not cast is refused by name."""
+    baseline = nn.LSTM(3, 6, dtype=torch.float64)
+    module = lstmkit.LSTM.from_torch(baseline)
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, actual = baseline(x), module(x)
+        with pytest.raises(TypeError, match="input must have one of torch.float32, torch.bfloat16"):
+            lstmkit.LSTM(3, 6)(x)
+    for e, a in ((expected[0], actual[0]), *zip(expected[1], actual[1])):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
 
 
 def test_packed_input_under_torch_compile():

@@ -91,25 +91,32 @@ class LSTMBase(nn.Module):
         return ", ".join(parts)
 
 
-def check_floating(name: str, tensor, dtype: torch.dtype, device: torch.device) -> None:
-    """A clear error unless ``tensor`` is a tensor of the module's dtype on its device (under
-    autocast, of any floating-point dtype, as nn.LSTM takes it there)."""
+def check_floating(name: str, tensor, dtypes: tuple[torch.dtype, ...], device: torch.device) -> None:
+    """A clear error unless ``tensor`` is a tensor of one of ``dtypes`` (:func:`accepted_dtypes`) on
+    ``device``."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if autocast_dtype(device) is not None:
-        if not tensor.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
-    elif tensor.dtype != dtype:
-        raise TypeError(f"{name} must have the module's dtype {dtype}, got {tensor.dtype}")
+    if tensor.dtype not in dtypes:
+        expected = f"the module's dtype {dtypes[0]}" if len(dtypes) == 1 else "one of " + ", ".join(map(str, dtypes))
+        raise TypeError(f"{name} must have {expected}, got {tensor.dtype}")
     if tensor.device.type != device.type or (
         device.index is not None and tensor.device.index is not None and tensor.device.index != device.index
     ):
         raise ValueError(f"{name} must be on the module's device {device}, got {tensor.device}")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype ``torch.autocast`` computes in on ``device``'s type while it is enabled there, else None."""
-    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+def autocast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in on ``device``'s type for a module of ``dtype``; None
+    while autocast is off there, and for float64, which it leaves alone."""
+    if dtype == torch.float64 or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+def accepted_dtypes(dtype: torch.dtype, amp: torch.dtype | None) -> tuple[torch.dtype, ...]:
+    """The dtypes the inputs may have: the module's, and under autocast (``amp``) also float32 and
+    autocast's, which nn.LSTM takes there."""
+    return (dtype,) if amp is None else tuple(dict.fromkeys((dtype, torch.float32, amp)))
 
 
 def check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...], what: str) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import LSTMBase, check_floating, check_shape
+from ._common import LSTMBase, accepted_dtypes, autocast_dtype, check_floating, check_shape
 from .backends.torch_loop import cell_step
 
 
@@ -106,7 +106,8 @@ class LSTMCell(LSTMBase):
 
     def forward(self, input: torch.Tensor, hx=None) -> tuple[torch.Tensor, torch.Tensor]:
         weight = self.weight_ih
-        check_floating("input", input, weight.dtype, weight.device)
+        dtypes = accepted_dtypes(weight.dtype, autocast_dtype(weight.device, weight.dtype))
+        check_floating("input", input, dtypes, weight.device)
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(
                 f"input must have shape (N, {self.input_size}) or ({self.input_size},) (input_size), "
@@ -121,7 +122,7 @@ class LSTMCell(LSTMBase):
                 raise TypeError("hx must be a tuple (h_0, c_0)")
             expected = tuple(input.shape[:-1]) + (self.hidden_size,)
             for name, state in zip(("h_0", "c_0"), hx):
-                check_floating(name, state, weight.dtype, weight.device)
+                check_floating(name, state, dtypes, weight.device)
                 check_shape(name, state, expected, "(N, hidden_size) or (hidden_size,) to match input")
             h, c = (s.unsqueeze(0) if unbatched else s for s in hx)
         if self.variant.is_vanilla:  # torch.nn.LSTMCell's own fused step: its speed and its numbers

@@ -45,7 +45,8 @@ def trace(module: LSTM, input: torch.Tensor, hx=None) -> dict[str, list[torch.Te
         raise ValueError("module: trace steps forward in time and needs bidirectional=False")
     if isinstance(input, PackedSequence):
         raise TypeError("input: trace takes a padded tensor, not a PackedSequence")
-    x, h0, c0, _, unbatched = module._prepare(input, hx, None)  # (T, B, I), (L, B, P), (L, B, H)
+    # (T, B, I), (L, B, P), (L, B, H)
+    x, h0, c0, _, unbatched = module._prepare(input, hx, None, (module.weight_ih_l0.dtype,))
     peep = module.variant.peephole_parameter(module.hidden_size)
     result = {key: [] for key in RECORDED}
     layer_input = x  # (T, B, I)

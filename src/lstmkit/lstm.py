@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends
-from ._common import LSTMBase, autocast_dtype, check_floating, check_shape
+from ._common import LSTMBase, accepted_dtypes, autocast_dtype, check_floating, check_shape
 
 
 class LSTM(LSTMBase):
@@ -210,18 +209,19 @@ class LSTM(LSTMBase):
         return self._forward(input, hx, lengths)
 
     def _forward(self, input, hx, lengths):
-        x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths)
+        weight = self.weight_ih_l0
+        amp = autocast_dtype(weight.device, weight.dtype)
+        x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths, accepted_dtypes(weight.dtype, amp))
         if lengths is not None:  # padding is never read: inf or nan there cannot reach outputs or gradients
             valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths  # (T, B)
             x = torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         packed = isinstance(input, PackedSequence)
-        amp = autocast_dtype(x.device)
         if amp is None:
             output, h_n, c_n = self._run_layers(x, h0, c0, lengths)
-        else:  # autocast: inputs of any floating dtype; outputs in the dtypes nn.LSTM gives them
-            dtype = self.weight_ih_l0.dtype
-            output, h_n, c_n = self._run_layers(x.to(dtype), h0.to(dtype), c0.to(dtype), lengths)
-            output, h_n, c_n = output.to(amp), h_n.to(amp), c_n.to(x.dtype if self.proj_size else amp)
+        else:  # autocast: computed in the module's dtype, returned in the dtypes nn.LSTM returns there
+            dtypes = self._autocast_dtypes(amp, x.device, packed, h0.dtype, c0.dtype)
+            output, h_n, c_n = self._run_layers(x.to(weight.dtype), h0.to(weight.dtype), c0.to(weight.dtype), lengths)
+            output, h_n, c_n = (t.to(dtype) for t, dtype in zip((output, h_n, c_n), dtypes))
 
         if packed:  # back to the caller's PackedSequence layout (batch_sizes, sorted order)
             order = input.sorted_indices
@@ -236,18 +236,26 @@ class LSTM(LSTMBase):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
-    def _prepare(self, input, hx, lengths):
-        """Check the inputs; return time-major x (T, B, I), h0, c0 (D*num_layers, B, .),
-        lengths (B,) or None, and whether the input was unbatched."""
-        weight = self.weight_ih_l0
+    def _autocast_dtypes(self, amp, device, packed, h0_dtype, c0_dtype) -> tuple[torch.dtype, ...]:
+        """The dtypes of (output, h_n, c_n) that nn.LSTM returns under autocast."""
+        if device.type == "cuda":  # cuDNN's autocast wrapper casts all of them to float16
+            return (torch.float16,) * 3
+        if packed and not self.proj_size:  # nn.LSTM does not autocast there: the states' dtype
+            return (torch.promote_types(h0_dtype, c0_dtype),) * 3
+        return amp, amp, c0_dtype if self.proj_size else amp
+
+    def _prepare(self, input, hx, lengths, dtypes):
+        """Check the inputs (of ``dtypes``); return time-major x (T, B, I), h0, c0 (D*num_layers,
+        B, .), lengths (B,) or None, and whether the input was unbatched."""
+        device = self.weight_ih_l0.device
         unbatched = False
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths: a PackedSequence carries its own lengths; pass lengths only with a padded tensor")
-            check_floating("input", input.data, weight.dtype, weight.device)
+            check_floating("input", input.data, dtypes, device)
             x, lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's batch order
         else:
-            check_floating("input", input, weight.dtype, weight.device)
+            check_floating("input", input, dtypes, device)
             if input.dim() not in (2, 3):
                 raise ValueError(f"input must be 2-D (L, I) unbatched or 3-D batched, got shape {tuple(input.shape)}")
             unbatched = input.dim() == 2
@@ -256,7 +264,7 @@ class LSTM(LSTMBase):
             raise ValueError(f"input: expected {self.input_size} features (input_size), got {x.shape[-1]}")
         steps, batch = x.shape[0], x.shape[1]
         lengths = self._check_lengths(lengths, steps, batch, x.device)
-        h0, c0 = self._initial_state(hx, batch, unbatched, x)
+        h0, c0 = self._initial_state(hx, batch, unbatched, x, dtypes)
         return x, h0, c0, lengths, unbatched
 
     def _check_lengths(self, lengths, steps: int, batch: int, device: torch.device) -> torch.Tensor | None:
@@ -271,15 +279,14 @@ class LSTM(LSTMBase):
             raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must have shape ({batch},) (one length per sequence), got {tuple(lengths.shape)}")
-        if batch and not torch._C._are_functorch_transforms_active():  # (under vmap the values are not at hand)
-            lo, hi = (int(v) for v in torch.aminmax(lengths))
-            if lo < 0:
-                raise ValueError(f"lengths must be >= 0, got {lo}")
-            if hi > steps:
-                raise ValueError(f"lengths must be <= the sequence length {steps}, got {hi}")
+        span = _min_max(lengths) if batch else None
+        if span is not None and span[0] < 0:
+            raise ValueError(f"lengths must be >= 0, got {span[0]}")
+        if span is not None and span[1] > steps:
+            raise ValueError(f"lengths must be <= the sequence length {steps}, got {span[1]}")
         return lengths.to(device=device, dtype=torch.int64)
 
-    def _initial_state(self, hx, batch: int, unbatched: bool, x: torch.Tensor):
+    def _initial_state(self, hx, batch: int, unbatched: bool, x: torch.Tensor, dtypes):
         layers = self.num_layers * (2 if self.bidirectional else 1)
         h_out = self.proj_size or self.hidden_size
         if hx is None:
@@ -288,7 +295,7 @@ class LSTM(LSTMBase):
             raise TypeError("hx must be a tuple (h_0, c_0)")
         states = []
         for name, state, size in (("h_0", hx[0], h_out), ("c_0", hx[1], self.hidden_size)):
-            check_floating(name, state, x.dtype, x.device)
+            check_floating(name, state, dtypes, x.device)
             expected = (layers, size) if unbatched else (layers, batch, size)
             check_shape(name, state, expected, "(D*num_layers, [N,] H_out)" if name == "h_0" else "(D*num_layers, [N,] H)")
             states.append(state.unsqueeze(1) if unbatched else state)
@@ -296,9 +303,12 @@ class LSTM(LSTMBase):
 
     def _run_layers(self, x, h0, c0, lengths):
         recurrence = backends.select(self.backend, x.device, self.variant)
-        # Weights are read as attributes, as nn.LSTM reads them: parametrizations (weight_norm,
-        # spectral_norm), pruning and weight drop replace the attribute, not the parameter.
-        weight = functools.partial(getattr, self)
+        params = self._parameters
+
+        def weight(name):  # as an attribute where parametrizations, pruning or weight drop replaced it
+            found = params.get(name)
+            return found if found is not None else getattr(self, name)
+
         peephole = self.variant.peephole_parameter(self.hidden_size)  # (name, shape) or None
         h_n, c_n = [], []
         layer_input = x
@@ -320,3 +330,18 @@ class LSTM(LSTMBase):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, torch.stack(h_n), torch.stack(c_n)  # copies: h_n.detach_() must work
+
+
+def _min_max(lengths: torch.Tensor) -> tuple[int, int] | None:
+    """The smallest and largest length, or None under vmap, which batches them out of sight (and
+    while Dynamo traces a torch.func transform)."""
+    transformed = torch._C._are_functorch_transforms_active()
+    if transformed and torch.compiler.is_compiling():
+        return None
+    try:
+        lo, hi = (int(v) for v in torch.aminmax(lengths))
+    except RuntimeError:
+        if transformed:
+            return None
+        raise
+    return lo, hi

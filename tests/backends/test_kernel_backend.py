@@ -184,3 +184,15 @@ def test_per_sample_gradients_with_lengths_compiled(backend):
         for result in results:
             for name in params:
                 torch.testing.assert_close(result[name][b], expected[name], rtol=1e-10, atol=1e-12)
+
+
+def test_lengths_are_checked_under_torch_func_grad():
+    """Only vmap hides the lengths' values; under grad alone a bad length is still refused."""
+    module = lstmkit.LSTM(3, 4)
+    params = {name: p.detach() for name, p in module.named_parameters()}
+
+    def loss(params):
+        return functional_call(module, params, (torch.randn(5, 2, 3),), {"lengths": torch.tensor([5, -1])})[0].sum()
+
+    with pytest.raises(ValueError, match="lengths must be >= 0, got -1"):
+        grad(loss)(params)

@@ -30,9 +30,9 @@ inline Simd<double>::V vexp(Simd<double>::V x) {
 }
 // tanh: in float, x P(x^2) / Q(x^2) for |x| <= 9, a rational function fitted for lstmkit
 // (benchmarks/fit_tanh.py: within 3e-7 of tanh, 20 vector operations where the exp form takes 31;
-// NaN stays NaN), and exactly +-1 beyond, as float's tanh rounds there (the fit gives
-// +-(1 - 1.8e-7) at 9: saturated units passed 1 - v^2 = 3.6e-7 of their gradient, not 0, and
-// float gradients of saturated networks were 1e-4 from the float64 reference); in double,
+// NaN stays NaN), and exactly +-1 beyond, where float's tanh is +-1 or (up to 9.011) 1 ulp from
+// it (the fit gives +-(1 - 1.8e-7) at 9: saturated units passed 1 - v^2 = 3.6e-7 of their
+// gradient, not 0, 2-4x nn.LSTM's float gradient error in saturated networks); in double,
 // 1 - 2 / (1 + e^2x) for |x| >= 0.625 and Cephes' rational function below, where the difference
 // would cancel.
 template <typename T>
