@@ -131,10 +131,15 @@ def test_packed_weights_beyond_l2(options):
     check_against_reference(module, torch.randn(5, 16, 3, dtype=torch.float64), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("options", [{"proj_size": 3}, {"peephole": "full", "bidirectional": True}])
+@pytest.mark.parametrize(
+    "options",
+    [{"proj_size": 3}, {"peephole": "full", "bidirectional": True}, {"coupled_gates": True, "peephole": "full"},
+     {"gates": "f"}],
+)
 def test_weight_gradients_over_many_rows(options):
     """T B = 1040 rows: the weight gradients as (x^T dz)^T (csrc/lstm_cpu.cpp: weight_grad), with a
-    projection's W_hr and with full peepholes' Q among them."""
+    projection's W_hr and with full peepholes' Q among them, and over the used gate blocks only
+    (coupled: two blocks; no input and output gates: one block in the middle)."""
     module = lstmkit.LSTM(4, 6, dtype=torch.float64, backend="cpu", **options)
     check_against_reference(module, torch.randn(65, 16, 4), dtype=torch.float64)
 

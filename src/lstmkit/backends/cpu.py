@@ -124,8 +124,10 @@ class FusedRecurrence(torch.autograd.Function):
         d_weight_ih = None
         if projects:  # x_proj = x W_ih^T
             dz = d_x.view(-1, d_x.shape[-1])  # (T*B, 4H)
-            d_weight_ih = ops.weight_grad(dz, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
-            d_x = ops.matmul(dz, weight_ih).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+            # (over the gate blocks the variant uses: dz is 0 in the others)
+            if ctx.needs_input_grad[1]:
+                d_weight_ih = ops.weight_grad(dz, x.reshape(-1, x.shape[-1]), flags, params)
+            d_x = ops.input_grad(dz, weight_ih, flags, params).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
         return (d_x, d_weight_ih, d_bias, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None,
                 None, None, None)
 

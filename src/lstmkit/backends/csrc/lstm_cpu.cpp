@@ -78,14 +78,6 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-// dz^T x (N, K) for dz (M, N), x (M, K): a weight gradient summed over M = T B rows. From 1024 rows
-// on as (x^T dz)^T, a transposed view (autograd copies it into a contiguous .grad): MKL is 2-8 %
-// faster that way round at T B = 2048-8192 (one thread; B=64 H=128 forward+backward 62.3 -> 59.9
-// ms), not at 128 (B=1).
-Tensor weight_grad(const Tensor& dz, const Tensor& x) {
-  return dz.size(0) >= 1024 ? at::mm(x.t(), dz).t() : at::mm(dz.t(), x);
-}
-
 // The gate blocks (i, f, g, o) of the (.., 4H) rows the variant uses, as ranges of columns: a
 // coupled forget gate and a dropped gate are constants, not products, so the products skip their
 // blocks (at most two ranges: g is always there).
@@ -95,6 +87,39 @@ Columns used_gates(const Opts& o, int64_t H) {
     if (on && !used.empty() && used.back().second == gate * H) used.back().second += H;
     else if (on) used.emplace_back(gate * H, (gate + 1) * H);
   return used;
+}
+
+// dz^T x (N, K) for dz (M, N), x (M, K): a weight gradient summed over M = T B rows, computed in
+// the columns of dz the variant uses only (the others are 0, and so are those rows of the result:
+// coupled gates, alternating processes: B=64 H=512 forward+backward 672-677 -> 595-605 ms, B=16
+// H=256 52.8-53.1 -> 48.9-50.9). From 1024 rows on as (x^T dz)^T, a
+// transposed view (autograd copies it into a contiguous .grad): MKL is 2-8 % faster that way
+// round at T B = 2048-8192 (one thread; B=64 H=128 forward+backward 62.3 -> 59.9 ms), not at 128
+// (B=1).
+Tensor weight_grad(const Tensor& dz, const Tensor& x, const Columns& used) {
+  const int64_t N = dz.size(1), K = x.size(1);
+  const bool transposed = dz.size(0) >= 1024;
+  const auto shape = transposed ? std::vector<int64_t>{K, N} : std::vector<int64_t>{N, K};
+  Tensor dw = columns_width(used) == N ? at::empty(shape, dz.options()) : at::zeros(shape, dz.options());
+  for (const auto& [lo, hi] : used) {
+    const Tensor d = dz.narrow(1, lo, hi - lo);
+    Tensor out = dw.narrow(transposed ? 1 : 0, lo, hi - lo);
+    if (transposed) at::mm_out(out, x.t(), d); else at::mm_out(out, d.t(), x);
+  }
+  return transposed ? dw.t() : dw;
+}
+Tensor weight_grad_op(const Tensor& dz, const Tensor& x, at::IntArrayRef flags, at::ArrayRef<double> params) {
+  return weight_grad(dz, x, used_gates(Opts(flags, params), dz.size(1) / 4));
+}
+
+// dz w (M, K) for dz (M, 4H), w (4H, K): dL/dx through x W_ih^T, over the used columns of dz.
+Tensor input_grad(const Tensor& dz, const Tensor& w, at::IntArrayRef flags, at::ArrayRef<double> params) {
+  Tensor dx;
+  for (const auto& [lo, hi] : used_gates(Opts(flags, params), dz.size(1) / 4)) {
+    const Tensor part = matmul(dz.narrow(1, lo, hi - lo), w.narrow(0, lo, hi - lo));
+    dx = dx.defined() ? dx.add_(part) : part;
+  }
+  return dx;
 }
 
 // ---------------------------------------------------------------- forward
@@ -327,8 +352,8 @@ std::vector<Tensor> backward_impl(const Tensor& dy, const Tensor& dh_n, const Te
     }
   }
   // Weight gradients: one GEMM each over all steps, by the BLAS (gemm.h wants A's rows contiguous).
-  Tensor dw_rec = weight_grad(dZ.view({T_ * B, G}), hbuf.view({T_ * B, K}));  // (G, K)
-  Tensor dw_hr = proj ? weight_grad(dhtot.view({T_ * B, P}), abuf.view({T_ * B, H})) : at::empty({0}, opt);
+  Tensor dw_rec = weight_grad(dZ.view({T_ * B, G}), hbuf.view({T_ * B, K}), used);  // (G, K)
+  Tensor dw_hr = proj ? weight_grad(dhtot.view({T_ * B, P}), abuf.view({T_ * B, H}), {{0, P}}) : at::empty({0}, opt);
   Tensor dbias = at::empty({G}, opt);
   std::copy(db.begin(), db.end(), dbias.data_ptr<T>());
   return {dZ, dh, dc, dw_rec, dpeep, dw_hr, dbias};
@@ -386,7 +411,8 @@ TORCH_LIBRARY(lstmkit_cpu, m) {
   m.def("forward(Tensor x, Tensor w_ih, Tensor bias, Tensor h0, Tensor c0, Tensor w_rec, Tensor peep, Tensor w_hr, "
         "Tensor lengths, int[] flags, float[] params, bool reverse, bool train) -> Tensor[]", &lstm_forward);
   m.def("matmul(Tensor a, Tensor b) -> Tensor", &matmul);
-  m.def("weight_grad(Tensor dz, Tensor x) -> Tensor", &weight_grad);
+  m.def("weight_grad(Tensor dz, Tensor x, int[] flags, float[] params) -> Tensor", &weight_grad_op);
+  m.def("input_grad(Tensor dz, Tensor w, int[] flags, float[] params) -> Tensor", &input_grad);
   m.def("release_memory() -> ()", &release_memory);
   m.def("backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor zbuf, Tensor cbuf, Tensor cprev, Tensor hbuf, "
         "Tensor abuf, Tensor w_rec, Tensor peep, Tensor w_hr, Tensor lengths, int[] flags, float[] params, "
