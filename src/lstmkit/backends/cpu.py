@@ -127,7 +127,9 @@ class FusedRecurrence(torch.autograd.Function):
             # (over the gate blocks the variant uses: dz is 0 in the others)
             if ctx.needs_input_grad[1]:
                 d_weight_ih = ops.weight_grad(dz, x.reshape(-1, x.shape[-1]), flags, params)
-            d_x = ops.input_grad(dz, weight_ih, flags, params).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+            d_x = None
+            if ctx.needs_input_grad[0]:
+                d_x = ops.input_grad(dz, weight_ih, flags, params).view(ctx.input_shape)
         return (d_x, d_weight_ih, d_bias, d_h0, d_c0, d_rec[:, :p], d_peephole, d_hr if projected else None,
                 None, None, None)
 
