@@ -8,7 +8,6 @@ They are built from PyTorch operators so that autograd differentiates them; the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,6 @@ _FUNCTIONS: dict[str, Callable[[torch.Tensor, float | None, float | None], torch
 }
 
 
-@lru_cache(maxsize=None)
 def torch_activation(activation: Activation) -> TorchActivation:
     """The PyTorch function for one resolved :class:`~lstmkit.variant.Activation`."""
     fn = _FUNCTIONS[activation.name]
