@@ -92,10 +92,9 @@ Columns used_gates(const Opts& o, int64_t H) {
 // dz^T x (N, K) for dz (M, N), x (M, K): a weight gradient summed over M = T B rows, computed in
 // the columns of dz the variant uses only (the others are 0, and so are those rows of the result:
 // coupled gates, alternating processes: B=64 H=512 forward+backward 672-677 -> 595-605 ms, B=16
-// H=256 52.8-53.1 -> 48.9-50.9). From 1024 rows on as (x^T dz)^T, a
-// transposed view (autograd copies it into a contiguous .grad): MKL is 2-8 % faster that way
-// round at T B = 2048-8192 (one thread; B=64 H=128 forward+backward 62.3 -> 59.9 ms), not at 128
-// (B=1).
+// H=256 52.8-53.1 -> 48.9-50.9). From 1024 rows on as (x^T dz)^T, a transposed view (autograd
+// copies it into a contiguous .grad): MKL is 2-8 % faster that way round at T B = 2048-8192 (one
+// thread; B=64 H=128 forward+backward 62.3 -> 59.9 ms), not at 128 (B=1).
 Tensor weight_grad(const Tensor& dz, const Tensor& x, const Columns& used) {
   const int64_t N = dz.size(1), K = x.size(1);
   const bool transposed = dz.size(0) >= 1024;
