@@ -46,7 +46,8 @@ def trace(module: LSTM, input: torch.Tensor, hx=None) -> dict[str, list[torch.Te
     if isinstance(input, PackedSequence):
         raise TypeError("input: trace takes a padded tensor, not a PackedSequence")
     # (T, B, I), (L, B, P), (L, B, H)
-    x, h0, c0, _, unbatched = module._prepare(input, hx, None, (module.weight_ih_l0.dtype,))
+    weight = module.weight_ih_l0
+    x, h0, c0, _, unbatched = module._prepare(input, hx, None, (weight.dtype,), weight.device)
     peep = module.variant.peephole_parameter(module.hidden_size)
     result = {key: [] for key in RECORDED}
     layer_input = x  # (T, B, I)

@@ -211,7 +211,8 @@ class LSTM(LSTMBase):
     def _forward(self, input, hx, lengths):
         weight = self.weight_ih_l0
         amp = autocast_dtype(weight.device, weight.dtype)
-        x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths, accepted_dtypes(weight.dtype, amp))
+        dtypes = accepted_dtypes(weight.dtype, amp)
+        x, h0, c0, lengths, unbatched = self._prepare(input, hx, lengths, dtypes, weight.device)
         if lengths is not None:  # padding is never read: inf or nan there cannot reach outputs or gradients
             valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths  # (T, B)
             x = torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
@@ -219,9 +220,9 @@ class LSTM(LSTMBase):
         if amp is None:
             output, h_n, c_n = self._run_layers(x, h0, c0, lengths)
         else:  # autocast: computed in the module's dtype, returned in the dtypes nn.LSTM returns there
-            dtypes = self._autocast_dtypes(amp, x.device, packed, h0.dtype, c0.dtype)
+            out_dtypes = self._autocast_dtypes(amp, x.device, packed, h0.dtype, c0.dtype)
             output, h_n, c_n = self._run_layers(x.to(weight.dtype), h0.to(weight.dtype), c0.to(weight.dtype), lengths)
-            output, h_n, c_n = (t.to(dtype) for t, dtype in zip((output, h_n, c_n), dtypes))
+            output, h_n, c_n = (t.to(dtype) for t, dtype in zip((output, h_n, c_n), out_dtypes))
 
         if packed:  # back to the caller's PackedSequence layout (batch_sizes, sorted order)
             order = input.sorted_indices
@@ -244,10 +245,9 @@ class LSTM(LSTMBase):
             return (torch.promote_types(h0_dtype, c0_dtype),) * 3
         return amp, amp, c0_dtype if self.proj_size else amp
 
-    def _prepare(self, input, hx, lengths, dtypes):
-        """Check the inputs (of ``dtypes``); return time-major x (T, B, I), h0, c0 (D*num_layers,
-        B, .), lengths (B,) or None, and whether the input was unbatched."""
-        device = self.weight_ih_l0.device
+    def _prepare(self, input, hx, lengths, dtypes, device):
+        """Check the inputs (of ``dtypes``, on the module's ``device``); return time-major x (T, B, I),
+        h0, c0 (D*num_layers, B, .), lengths (B,) or None, and whether the input was unbatched."""
         unbatched = False
         if isinstance(input, PackedSequence):
             if lengths is not None:
@@ -280,10 +280,12 @@ class LSTM(LSTMBase):
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must have shape ({batch},) (one length per sequence), got {tuple(lengths.shape)}")
         span = _min_max(lengths) if batch else None
-        if span is not None and span[0] < 0:
-            raise ValueError(f"lengths must be >= 0, got {span[0]}")
-        if span is not None and span[1] > steps:
-            raise ValueError(f"lengths must be <= the sequence length {steps}, got {span[1]}")
+        if span is not None:
+            lo, hi = span
+            if lo < 0:
+                raise ValueError(f"lengths must be >= 0, got {lo}")
+            if hi > steps:
+                raise ValueError(f"lengths must be <= the sequence length {steps}, got {hi}")
         return lengths.to(device=device, dtype=torch.int64)
 
     def _initial_state(self, hx, batch: int, unbatched: bool, x: torch.Tensor, dtypes):
